@@ -1,0 +1,50 @@
+"""ParticipantActor: a Ray actor hosting many participants (a fedgrow_ray ParticipantHost).
+
+Participants are assigned to one actor for the whole run, so their private state (small model,
+Local-LiGO, optimiser, data shard) is created inside the actor and never moves; calls return
+only shared-state updates, sample counts and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from fedgrow_ray.experiment import prepare_scenario_data
+from fedgrow_ray.participant import ParticipantHost
+
+
+@ray.remote
+class ParticipantActor:
+    def __init__(self, scenario: dict, cache_dir: str, index: int, use_gpu: bool):
+        self.index = index
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        # Data is prepared (or found ready) on the node this actor runs on.
+        data_path = prepare_scenario_data(scenario, cache_dir)
+        self.host = ParticipantHost(scenario, str(data_path), device)
+        self._shared_key, self._shared = None, None
+
+    def info(self) -> dict:
+        context = ray.get_runtime_context()
+        return {"index": self.index, "node_id": context.get_node_id(), "pid": os.getpid(),
+                "device": str(self.host.device), "threads": torch.get_num_threads()}
+
+    def _resolve(self, shared_ref):
+        """The round's shared state, fetched from the object store once per actor per round."""
+        if shared_ref is None:
+            return None
+        if self._shared_key != shared_ref.hex():
+            self._shared_key, self._shared = shared_ref.hex(), ray.get(shared_ref)
+        return self._shared
+
+    def train(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None):
+        return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s)
+
+    def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool):
+        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final)
+
+    def release(self, method: str) -> None:
+        self.host.release(method)
+        self._shared_key, self._shared = None, None

@@ -1,0 +1,328 @@
+"""Scenario files: the schema, defaults and validation of everything that changes a result.
+
+A scenario is a YAML mapping. `load_scenario(path, overrides)` returns the fully resolved
+scenario (every default filled in) or raises ScenarioError naming the key, the value and what is
+allowed. The keys a user changes most sit at the top level (seed, rounds, participants,
+methods) so `--set rounds=20` reaches them plainly.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+
+import yaml
+
+from .models import FAMILIES, Shape, get_family
+
+
+class ScenarioError(ValueError):
+    """A scenario (or an override) is invalid; the message names the key."""
+
+
+METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "centralized_ligo")
+AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+
+
+# ---- field validators: each takes (key, value) and returns the checked value -------------------
+def _fail(key, value, allowed):
+    raise ScenarioError(f"scenario key '{key}': {value!r} is not allowed; {allowed}")
+
+
+def integer(minimum=None, maximum=None, optional=False):
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, value, "expected an integer" + _range(minimum, maximum))
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            _fail(key, value, "expected an integer" + _range(minimum, maximum))
+        return value
+    return check
+
+
+def number(minimum=None, maximum=None, optional=False, above=None):
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            _fail(key, value, "expected a number" + _range(minimum, maximum, above))
+        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+                or (above is not None and value <= above)):
+            _fail(key, value, "expected a number" + _range(minimum, maximum, above))
+        return float(value)
+    return check
+
+
+def _range(minimum, maximum, above=None):
+    parts = []
+    if above is not None:
+        parts.append(f"> {above}")
+    if minimum is not None:
+        parts.append(f">= {minimum}")
+    if maximum is not None:
+        parts.append(f"<= {maximum}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def choice(options, optional=False):
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if value not in options:
+            _fail(key, value, f"allowed: {list(options)}")
+        return value
+    return check
+
+
+def boolean():
+    def check(key, value):
+        if not isinstance(value, bool):
+            _fail(key, value, "expected true or false")
+        return value
+    return check
+
+
+def text(optional=True):
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            _fail(key, value, "expected a non-empty string")
+        return value
+    return check
+
+
+def list_of(item, min_length=1, unique=False):
+    def check(key, value):
+        if not isinstance(value, list) or len(value) < min_length:
+            _fail(key, value, f"expected a list of at least {min_length} item(s)")
+        out = [item(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        if unique and len(set(map(repr, out))) != len(out):
+            _fail(key, value, "items must not repeat")
+        return out
+    return check
+
+
+def shape():
+    def check(key, value):
+        try:
+            return Shape.parse(value, f"scenario key '{key}'").as_dict()
+        except ValueError as err:
+            raise ScenarioError(str(err)) from None
+    return check
+
+
+def external(validate, prefix):
+    """A section validated by its own module (data, devices); their errors already name keys."""
+    def check(key, value):
+        try:
+            return validate(value)
+        except ValueError as err:
+            message = str(err)
+            raise ScenarioError(message if message.startswith(("scenario", prefix))
+                                else f"scenario key '{key}': {message}") from None
+    return check
+
+
+def _data_spec(value):
+    from .data import check_data_spec
+    return check_data_spec(value)
+
+
+def _devices_spec(value):
+    from .devices import check_devices_spec
+    return check_devices_spec(value)
+
+
+# ---- the schema: key -> (validator, default); a nested dict is a section ----------------------
+SCHEMA = {
+    "name": (text(), None),
+    "seed": (integer(0), 0),
+    "rounds": (integer(1), 5),
+    "participants": (integer(1), 8),
+    "methods": (list_of(choice(METHODS), unique=True), ["fedgrow"]),
+    "protocol": (choice(("paper", "reference-code")), "paper"),
+    "deadline_s": (number(above=0, optional=True), None),
+    "server": {
+        "aggregator": (choice(AGGREGATORS), "fedavg"),
+        "trim_fraction": (number(0.0, 0.49), 0.1),
+        "max_update_norm": (number(above=0, optional=True), None),
+    },
+    "model": {
+        "family": (choice(tuple(FAMILIES)), "text"),
+        "vocab_size": (integer(8), 4000),
+        "max_positions": (integer(4), 64),
+        "image_size": (integer(4), 32),
+        "patch_size": (integer(1), 4),
+        "channels": (integer(1), 3),
+        "dropout": (number(0.0, 0.9), 0.1),
+        "small_shapes": (list_of(shape()), [{"width": 32, "layers": 1, "heads": 2},
+                                            {"width": 48, "layers": 2, "heads": 4}]),
+        "assign_shapes": (choice(("cycle", "random")), "cycle"),
+        "intermediate": (shape(), {"width": 64, "layers": 2, "heads": 4}),
+        "target": (shape(), {"width": 96, "layers": 3, "heads": 4}),
+        "checkpoints": (text(), None),
+    },
+    "ligo": {
+        "width_init": (choice(("identity-plus", "xavier")), "identity-plus"),
+        "depth_init": (choice(("stack", "uniform")), "stack"),
+        "init_noise": (number(0.0, 1.0), 0.01),
+    },
+    "training": {
+        "batch_size": (integer(1), 16),
+        "local_steps": (integer(1), 10),
+        "lr": (number(above=0), 1e-3),
+        "weight_decay": (number(0.0), 0.05),
+        "pretrain_steps": (integer(0), 100),
+        "pretrain_lr": (number(above=0), 1e-3),
+        "local_stage_steps": (integer(0), 20),
+        "joint_local": (boolean(), False),
+        "finetune_steps": (integer(0), 0),
+        "max_grad_norm": (number(above=0, optional=True), 1.0),
+    },
+    "sampling": {
+        "fraction": (number(above=0, maximum=1.0, optional=True), None),
+        "count": (integer(1, optional=True), None),
+        "over_selection": (number(1.0), 1.0),
+    },
+    "eval": {
+        "every": (integer(1), 1),
+        "participants": (integer(1, optional=True), None),
+        "batch_size": (integer(1), 64),
+    },
+    "hosts": {
+        "actors": (integer(1, optional=True), None),
+        "num_cpus": (number(above=0), 1.0),
+        "num_gpus": (number(0.0), 0.0),
+        "memory_mb": (number(above=0, optional=True), None),
+        "round_timeout_s": (number(above=0), 600.0),
+        "sleep": (boolean(), False),
+    },
+    "data": (external(_data_spec, "data"), {"source": "synthetic_text"}),
+    "devices": (external(_devices_spec, "devices"), {}),
+}
+
+
+def _resolve(schema: dict, raw, prefix: str) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"scenario key '{prefix.rstrip('.') or '(top level)'}': expected a "
+                            f"mapping, got {raw!r}")
+    unknown = [k for k in raw if k not in schema]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(schema), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        raise ScenarioError(f"scenario key '{prefix}{key}' is unknown{hint}; allowed here: {sorted(schema)}")
+    resolved = {}
+    for key, rule in schema.items():
+        if isinstance(rule, dict):
+            resolved[key] = _resolve(rule, raw.get(key), f"{prefix}{key}.")
+        else:
+            validate, default = rule
+            value = raw[key] if key in raw else copy.deepcopy(default)
+            resolved[key] = validate(f"{prefix}{key}", value)
+    return resolved
+
+
+def _check_together(s: dict) -> None:
+    """Rules that involve more than one key."""
+    model = s["model"]
+    if s["sampling"]["fraction"] is not None and s["sampling"]["count"] is not None:
+        raise ScenarioError("scenario keys 'sampling.fraction' and 'sampling.count' are both set; "
+                            "set at most one")
+    if s["sampling"]["count"] is not None and s["sampling"]["count"] > s["participants"]:
+        raise ScenarioError(f"scenario key 'sampling.count': {s['sampling']['count']} is more than "
+                            f"participants={s['participants']}")
+    try:
+        family_of_scenario(s)
+    except ValueError as err:
+        raise ScenarioError(f"scenario key 'model': {err}") from None
+    from .data.spec import spec_family
+    if spec_family(s["data"]) != model["family"]:
+        raise ScenarioError(f"scenario key 'data.source': {s['data']['source']!r} holds "
+                            f"{spec_family(s['data'])} data but model.family is {model['family']!r}")
+    intermediate, target = Shape(**model["intermediate"]), Shape(**model["target"])
+    for key in ("width", "layers", "ffn"):
+        if getattr(target, key) < getattr(intermediate, key):
+            raise ScenarioError(f"scenario key 'model.target': {key}={getattr(target, key)} is smaller "
+                                f"than model.intermediate {key}={getattr(intermediate, key)}")
+    for i, small in enumerate(model["small_shapes"]):
+        for key in ("width", "layers", "ffn"):
+            if small[key] > getattr(intermediate, key):
+                raise ScenarioError(
+                    f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
+                    f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
+    if s["hosts"]["num_gpus"] > 1 and s["hosts"]["num_gpus"] != int(s["hosts"]["num_gpus"]):
+        raise ScenarioError(f"scenario key 'hosts.num_gpus': {s['hosts']['num_gpus']} is not allowed; "
+                            "a fraction below 1 or a whole number of GPUs")
+
+
+def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None):
+    """The model family a resolved scenario describes (sizes the data decides may be passed)."""
+    model = s["model"]
+    classes = num_classes or 2
+    if model["family"] == "text":
+        return get_family("text", vocab_size=vocab_size or model["vocab_size"],
+                          max_positions=model["max_positions"], num_classes=classes,
+                          dropout=model["dropout"])
+    return get_family("image", image_size=model["image_size"], patch_size=model["patch_size"],
+                      channels=model["channels"], num_classes=classes, dropout=model["dropout"])
+
+
+def parse_override(text_: str) -> tuple[list[str], object]:
+    """'training.lr=3e-4' -> (['training', 'lr'], 3e-4); the value is read as YAML."""
+    if "=" not in text_:
+        raise ScenarioError(f"--set {text_!r}: expected key=value, e.g. --set rounds=20")
+    key, _, value = text_.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ScenarioError(f"--set {text_!r}: expected key=value, e.g. --set rounds=20")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ScenarioError(f"--set {item!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def resolve_scenario(raw: dict, overrides: list[str] = ()) -> dict:
+    """Validate a raw scenario mapping (plus `key=value` overrides) and fill every default."""
+    resolved = _resolve(SCHEMA, apply_overrides(raw or {}, list(overrides)), "")
+    _check_together(resolved)
+    return resolved
+
+
+def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ScenarioError(f"scenario file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"scenario file {str(path)!r}: expected a mapping of keys at the top level")
+    raw.setdefault("name", path.stem)
+    return resolve_scenario(raw, overrides)

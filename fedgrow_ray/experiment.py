@@ -1,0 +1,123 @@
+"""What every process of a run derives from the resolved scenario and the prepared data: the
+model family, the shapes, each participant's device profile and small shape, cost estimates.
+
+The driver and every participant host build their own `Experiment` from the same two inputs,
+so they agree on everything without sending it around.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from .config import family_of_scenario
+from .data import PreparedData, prepare_data
+from .devices import (DeviceProfile, activation_values_per_sample, device_profile, fit_shape,
+                      step_flops, training_memory_mb)
+from .dual_ligo import count_parameters
+from .ligo import LiGO
+from .models import Shape
+from .training import derive_seed
+
+
+DEFAULT_CACHE = Path("~/.cache/fedgrow_ray/data")
+
+
+def prepare_scenario_data(scenario: dict, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """The prepared data folder for a resolved scenario, built once per machine and cache."""
+    model = scenario["model"]
+    return prepare_data(scenario["data"], model["family"], scenario["participants"], scenario["seed"],
+                        cache_dir, max_positions=model["max_positions"],
+                        vocab_size=model["vocab_size"], image_size=model["image_size"],
+                        channels=model["channels"])
+
+
+class Experiment:
+    def __init__(self, scenario: dict, data_path: str | Path):
+        self.scenario = scenario
+        self.seed = scenario["seed"]
+        self.data = PreparedData.open(data_path)
+        self.family = family_of_scenario(scenario, num_classes=self.data.num_classes,
+                                         vocab_size=self.data.vocab_size)
+        model = scenario["model"]
+        self.ladder = [Shape(**s) for s in model["small_shapes"]]
+        self.intermediate = Shape(**model["intermediate"])
+        self.target = Shape(**model["target"])
+        self.ligo_options = dict(scenario["ligo"])
+        self.training = scenario["training"]
+
+    # ---- participants -----------------------------------------------------------------------
+    @property
+    def participant_ids(self) -> list[int]:
+        return list(range(self.scenario["participants"]))
+
+    @functools.lru_cache(maxsize=None)
+    def profile(self, pid: int) -> DeviceProfile:
+        return device_profile(self.scenario["devices"], pid, self.seed)
+
+    def preferred_shape(self, pid: int) -> Shape:
+        """The ladder rung a participant is given before its memory budget is considered."""
+        checkpoint = self.checkpoint_path(pid)
+        if checkpoint is not None:
+            config = json.loads((checkpoint / "config.json").read_text())
+            return Shape(config["hidden_size"], config["num_hidden_layers"],
+                         config["num_attention_heads"], config["intermediate_size"])
+        if self.scenario["model"]["assign_shapes"] == "cycle":
+            return self.ladder[pid % len(self.ladder)]
+        return self.ladder[derive_seed(self.seed, pid, "small-shape") % len(self.ladder)]
+
+    @functools.lru_cache(maxsize=None)
+    def small_shape(self, pid: int) -> tuple[Shape | None, str]:
+        """The participant's small shape: its preferred rung, or a smaller rung that fits its
+        memory budget; (None, reason) when none fits."""
+        preferred = self.preferred_shape(pid)
+        if self.checkpoint_path(pid) is not None:
+            candidates = [preferred]
+        else:
+            smaller = [s for s in self.ladder if s != preferred and self.params(s) < self.params(preferred)]
+            candidates = [preferred] + sorted(set(smaller), key=self.params, reverse=True)
+        needs = [(s, self.training_memory_mb(s, self.params(s))) for s in candidates]
+        chosen, reason = fit_shape(self.profile(pid), [(str(s), mb) for s, mb in needs])
+        if chosen is None:
+            return None, reason
+        shape = next(s for s, _ in needs if str(s) == chosen)
+        if shape != preferred:
+            reason = f"given {shape} instead of {preferred}: {reason}"
+        return shape, reason
+
+    def checkpoint_path(self, pid: int) -> Path | None:
+        template = self.scenario["model"]["checkpoints"]
+        if template is None:
+            return None
+        path = Path(template.format(id=pid))
+        if not (path / "config.json").is_file():
+            raise ValueError(f"scenario key 'model.checkpoints': participant {pid}'s checkpoint "
+                             f"folder {str(path)!r} has no config.json")
+        return path
+
+    # ---- costs --------------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=None)
+    def params(self, shape: Shape) -> int:
+        return count_parameters(self.family.skeleton(shape))
+
+    def global_ligo_params(self) -> int:
+        return LiGO.parameter_count(self.intermediate, self.target)
+
+    @property
+    def tokens_per_sample(self) -> int:
+        if self.family.name == "text":
+            return self.family.max_positions
+        return (self.family.image_size // self.family.patch_size) ** 2 + 1
+
+    def step_flops(self, shape: Shape) -> float:
+        """One training step (forward and backward) of a `shape` model on one batch."""
+        return step_flops(self.params(shape), self.tokens_per_sample, self.training["batch_size"],
+                          shape.width, shape.layers, self.tokens_per_sample)
+
+    def training_memory_mb(self, shape: Shape, trainable: int) -> float:
+        """Memory to train `trainable` parameters through a `shape` model (AdamW, fp32)."""
+        activations = activation_values_per_sample(shape.width, shape.layers, shape.heads,
+                                                   self.tokens_per_sample, shape.ffn)
+        return training_memory_mb(self.params(shape), trainable, activations,
+                                  self.training["batch_size"])

@@ -1,0 +1,20 @@
+"""Fed-Grow and its baselines: each method is a participant-side step plus a server-side
+aggregate behind one interface (methods/base.py), testable without Ray."""
+
+from __future__ import annotations
+
+from .base import Method
+from .baselines import FedAvgScratch, IndependentGrowth, LocalSmall
+from .fedgrow import FedGrow
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (FedGrow, FedAvgScratch, IndependentGrowth, LocalSmall)}
+
+
+def get_method(name: str, experiment) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} is unknown; allowed: {sorted(METHODS)}")
+    return METHODS[name](experiment)
+
+
+__all__ = ["METHODS", "Method", "get_method"]

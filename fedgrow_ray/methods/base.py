@@ -1,0 +1,101 @@
+"""The interface every method implements: what a participant does in a round, what the server
+does with the updates, how a participant's model is evaluated. Plain classes, no Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..aggregation import get_aggregator
+from ..experiment import Experiment
+from ..models import Shape
+from ..training import batch_stream, make_optimiser, predict, train_steps
+
+
+@dataclass
+class Finetuned:
+    """A participant's final model after local fine-tuning (the end-of-run step)."""
+    model: nn.Module
+    trainable_params: int
+
+
+class Method:
+    """Subclasses set `name` and implement setup / train / logits_fn / final_model /
+    trainable_params / round_flops / memory_mb; methods that exchange state also implement
+    initial_shared (and keep the default FedAvg-style aggregate)."""
+
+    name: str = ""
+    shares: bool = False
+
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+        self.training = experiment.training
+
+    # ---- server side --------------------------------------------------------------------------
+    def initial_shared(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def aggregate(self, shared: dict, updates: list[tuple[dict, int]]) -> dict:
+        server = self.experiment.scenario["server"]
+        options = {"trim_fraction": server["trim_fraction"]} if server["aggregator"] == "trimmed_mean" else {}
+        return get_aggregator(server["aggregator"])(updates, **options)
+
+    # ---- participant side ---------------------------------------------------------------------
+    def setup(self, participant):
+        """Create this method's private state for a participant (first time it is used)."""
+        raise NotImplementedError
+
+    def train(self, participant, state, shared: dict | None, round_number: int
+              ) -> tuple[dict | None, float]:
+        """Local training for one round: (update of the shared state or None, mean loss)."""
+        raise NotImplementedError
+
+    def logits_fn(self, participant, state, shared: dict | None):
+        """A function batch -> logits of the participant's current model (eval mode)."""
+        raise NotImplementedError
+
+    def final_model(self, participant, state, shared: dict | None) -> nn.Module:
+        """The participant's model as a plain, standalone Hugging Face model."""
+        raise NotImplementedError
+
+    def trainable_params(self, participant, state) -> int:
+        raise NotImplementedError
+
+    # ---- costs for the virtual clock and memory budgets -------------------------------------
+    def round_flops(self, shape: Shape) -> float:
+        """Compute of one round of local training for a participant with this small shape."""
+        raise NotImplementedError
+
+    def memory_mb(self, shape: Shape) -> float:
+        raise NotImplementedError
+
+    # ---- shared helpers -----------------------------------------------------------------------
+    def local_training(self, participant, loss_fn, optimiser, steps: int, *purpose) -> float:
+        batches = batch_stream(participant.data.train, self.training["batch_size"],
+                               participant.generator(self.name, *purpose))
+        return train_steps(loss_fn, optimiser, batches, steps, participant.device,
+                           self.training["max_grad_norm"])
+
+    def optimiser(self, parameters, lr: float | None = None):
+        return make_optimiser(list(parameters), lr or self.training["lr"], self.training["weight_decay"])
+
+    def finish(self, participant, state, shared):
+        """End of run: fine-tune the participant's final model locally (scenario
+        training.finetune_steps, the same budget for every method)."""
+        steps = self.training["finetune_steps"]
+        if not steps:
+            return state
+        model = self.final_model(participant, state, shared).to(participant.device)
+        model.train().requires_grad_(True)
+        optimiser = self.optimiser(model.parameters())
+        self.local_training(participant, lambda b: model(**b).loss, optimiser, steps, "finetune")
+        return Finetuned(model.eval(), sum(p.numel() for p in model.parameters()))
+
+    def predict(self, participant, state, shared, shard, batch_size: int):
+        if isinstance(state, Finetuned):
+            logits_fn = lambda b: state.model(**b).logits  # noqa: E731
+        else:
+            logits_fn = self.logits_fn(participant, state, shared)
+        return predict(logits_fn, shard, batch_size, participant.device)

@@ -1,0 +1,171 @@
+"""The run folder: what a run leaves for a person to read and plot.
+
+    config.yaml     the fully resolved scenario
+    status.json     running / completed / failed (with the error)
+    metrics.jsonl   one JSON object per round per method, appended as rounds finish
+    events.log      notices: exclusions, failures, rejected updates, empty rounds
+    summary.json    per-method results (written when the run completes)
+    results.md      a table of the summary
+    curves.png      accuracy against round and against bytes sent, one line per method
+
+Every file but the two append-only logs is written to a temporary name and renamed, so none is
+ever half-written; a run that fails says so in status.json and keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, scenario: dict) -> "RunFolder":
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"--out {str(path)!r} exists and is not empty; choose another folder")
+        path.mkdir(parents=True, exist_ok=True)
+        folder = cls(path)
+        atomic_write(path / "config.yaml", yaml.safe_dump(scenario, sort_keys=False))
+        folder.set_status("running")
+        return folder
+
+    def set_status(self, status: str, **extra) -> None:
+        atomic_write(self.path / "status.json",
+                     json.dumps({"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra},
+                                indent=2))
+
+    def _append(self, name: str, line: str) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def record(self, row: dict) -> None:
+        self._append("metrics.jsonl", json.dumps(_plain(row)))
+
+    def log(self, message: str) -> None:
+        self._append("events.log", f"{time.strftime('%H:%M:%S')} {message}")
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def finish(self, summary: dict) -> None:
+        """Write summary.json, results.md and curves.png, then mark the run completed."""
+        rows = self.metrics()
+        atomic_write(self.path / "summary.json", json.dumps(_plain(summary), indent=2))
+        atomic_write(self.path / "results.md", results_table(summary, rows))
+        plot_curves(rows, self.path / "curves.png")
+        self.set_status("completed")
+
+    def fail(self, error: str) -> None:
+        self.log(f"run failed: {error}")
+        self.set_status("failed", error=error)
+
+
+def _plain(value):
+    """JSON-safe: NaN/inf become null, tuples lists, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value, spec: str = ".3f", none: str = "–") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _reduction(value, baseline) -> str:
+    if value is None or not baseline:
+        return "–"
+    return f"{100 * (1 - value / baseline):.1f}%"
+
+
+def results_table(summary: dict, rows: list[dict]) -> str:
+    """A Markdown table of every method, with reductions against fedavg_scratch if it ran."""
+    methods = summary["methods"]
+    base = methods.get("fedavg_scratch", {})
+    lines = [
+        f"# {summary['scenario']} (seed {summary['seed']})", "",
+        "| method | accuracy mean | accuracy std | macro precision | trainable params / participant "
+        "| vs fedavg_scratch | bytes sent | vs fedavg_scratch | wall time (s) | simulated time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        sent = m["bytes_up_total"] + m["bytes_down_total"]
+        base_sent = base.get("bytes_up_total", 0) + base.get("bytes_down_total", 0) if base else None
+        lines.append(
+            f"| {name} | {_fmt(m['accuracy_mean'])} | {_fmt(m['accuracy_std'])} "
+            f"| {_fmt(m['macro_precision_mean'])} | {_fmt(m['trainable_params_per_participant'], ',.0f')} "
+            f"| {_reduction(m['trainable_params_per_participant'], base.get('trainable_params_per_participant'))} "
+            f"| {sent / 2**20:,.1f} MiB | {_reduction(sent, base_sent)} "
+            f"| {m['wall_s']:.1f} | {m['sim_time_s']:.1f} |")
+    lines += ["", "Accuracy and macro precision: mean over participants, each on its own test split "
+              "(its label distribution), after the last round. Bytes sent: uploads plus downloads "
+              "of every participant. 'vs fedavg_scratch': reduction against it.", ""]
+    dropped = {k: sum(r.get(k, 0) for r in rows) for k in
+               ("dropped_deadline", "unavailable", "excluded_memory", "failed", "rejected")}
+    if any(dropped.values()):
+        lines.append("Participant-rounds set aside over the run (all methods): " +
+                     ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Accuracy against round and against cumulative bytes sent, one line per method."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sent, xs, bs, ys = 0, [], [], []
+        for r in rows:
+            if r["method"] != method:
+                continue
+            sent += r["bytes_up"] + r["bytes_down"]
+            if r.get("eval_accuracy") is not None:
+                xs.append(r["round"])
+                bs.append(sent / 2**20)
+                ys.append(r["eval_accuracy"])
+        by_round.plot(xs, ys, marker="o", label=method)
+        by_bytes.plot(bs, ys, marker="o", label=method)
+    by_round.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    by_round.set(xlabel="round", ylabel="accuracy (mean over participants)", title="accuracy by round")
+    by_bytes.set(xlabel="MiB sent (up + down, all participants)", ylabel="accuracy",
+                 title="accuracy by communication")
+    for ax in (by_round, by_bytes):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

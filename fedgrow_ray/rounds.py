@@ -1,0 +1,254 @@
+"""Where a round is scheduled. For each round of each method: sample participants, set aside
+those whose memory cannot hold the method and those unreachable this round, put the rest on
+the virtual clock, drop the ones that would miss the deadline (before running them: their
+update would be discarded anyway), run the others through an executor, validate the updates,
+aggregate, evaluate on schedule and record one metrics row.
+
+The executor decides where participants run: `LocalExecutor` (below) in this process, one
+after another; the Ray executor in actors/ on a pool of participant actors. Both run the same
+`ParticipantHost` code, so the results do not depend on which one is used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .aggregation import check_update
+from .dual_ligo import state_sha256
+from .devices import apply_deadline, is_available, sample_participants, simulated_time
+from .experiment import Experiment
+from .methods import get_method
+from .metrics import state_bytes
+from .participant import ParticipantHost
+
+
+class Executor(Protocol):
+    nodes_used: int
+
+    def train(self, method: str, round_number: int, pids: list[int], shared: dict | None,
+              sleep_s: dict[int, float] | None, on_done: Callable[[int], None]
+              ) -> tuple[list[dict], dict[int, str]]:
+        """Results per participant that finished, and {participant: reason} for failures."""
+
+    def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool
+                 ) -> tuple[list[dict], dict[int, str]]: ...
+
+    def release(self, method: str) -> None: ...
+
+
+class LocalExecutor:
+    """Every participant in this process, one after another: no Ray. The baseline for the
+    simulator's overhead and the easiest place to debug a method."""
+
+    nodes_used = 1
+
+    def __init__(self, scenario: dict, data_path: str, device: str = "cpu"):
+        self.host = ParticipantHost(scenario, data_path, device)
+
+    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None):
+        results = []
+        for pid in pids:
+            results += self.host.train(method, round_number, [pid], shared, sleep_s)
+            if on_done:
+                on_done(len(results))
+        return results, {}
+
+    def evaluate(self, method, pids, shared, final):
+        return self.host.evaluate(method, pids, shared, final), {}
+
+    def release(self, method):
+        self.host.release(method)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.std(values)) if values else None
+
+
+class MethodRun:
+    """The rounds of one method. `record(row)` receives each metrics row, `log(text)` notices,
+    `progress(event)` updates for a progress display."""
+
+    def __init__(self, experiment: Experiment, method_name: str, executor: Executor,
+                 record: Callable[[dict], None], log: Callable[[str], None],
+                 progress: Callable[[dict], None] | None = None):
+        self.exp, self.executor = experiment, executor
+        self.method = get_method(method_name, experiment)
+        self.record, self.log = record, log
+        self.progress = progress or (lambda event: None)
+        self.scenario = experiment.scenario
+        self.shared = self.method.initial_shared()
+        self.shared_bytes = state_bytes(self.shared)
+        self.shared_names: set[str] = set()
+        self.totals = {"bytes_up": 0, "bytes_down": 0, "sim_time_s": 0.0}
+        self.last_eval: dict | None = None
+        self._excluded_reason: dict[int, str | None] = {}
+
+    # ---- who can take part --------------------------------------------------------------------
+    def exclusion(self, pid: int) -> str | None:
+        """Why a participant cannot run this method (memory), or None; logged once."""
+        if pid not in self._excluded_reason:
+            shape, reason = self.exp.small_shape(pid)
+            if shape is None:
+                why = f"participant {pid} excluded: {reason}"
+            else:
+                need, budget = self.method.memory_mb(shape), self.exp.profile(pid).memory_mb
+                why = None if need <= budget else (
+                    f"participant {pid} excluded from {self.method.name}: memory budget "
+                    f"{budget:.0f} MiB < {need:.0f} MiB needed")
+                if why is None and reason.startswith("given"):
+                    self.log(f"participant {pid}: {reason}")
+            self._excluded_reason[pid] = why
+            if why:
+                self.log(why)
+        return self._excluded_reason[pid]
+
+    def eval_participants(self) -> list[int]:
+        count = self.scenario["eval"]["participants"]
+        ids = self.exp.participant_ids
+        if count is not None and count < len(ids):
+            ids = sample_participants(ids, 0, self.exp.seed, count=count)
+        return [pid for pid in ids if self.exclusion(pid) is None]
+
+    # ---- one round ----------------------------------------------------------------------------
+    def plan(self, round_number: int) -> dict:
+        """Who is asked, who is set aside and why, and each runner's simulated time."""
+        sampling, seed = self.scenario["sampling"], self.exp.seed
+        asked = sample_participants(self.exp.participant_ids, round_number, seed,
+                                    fraction=sampling["fraction"], count=sampling["count"],
+                                    over_selection=sampling["over_selection"])
+        excluded = [p for p in asked if self.exclusion(p)]
+        reachable = [p for p in asked if p not in excluded
+                     and is_available(self.exp.profile(p), p, round_number, seed)]
+        times = {}
+        for pid in reachable:
+            shape, _ = self.exp.small_shape(pid)
+            times[pid] = simulated_time(self.exp.profile(pid), self.method.round_flops(shape),
+                                        self.shared_bytes, self.shared_bytes,
+                                        self.scenario["devices"]["reference_gflops"])
+        keep_first = None
+        if sampling["over_selection"] > 1.0:
+            n = len(self.exp.participant_ids)
+            keep_first = sampling["count"] or (
+                max(1, math.floor(sampling["fraction"] * n + 0.5)) if sampling["fraction"] else n)
+        kept, late, round_time = apply_deadline(times, self.scenario["deadline_s"], keep_first)
+        deadline = self.scenario["deadline_s"]
+        missed = [p for p in late if deadline is not None and times[p].total_s > deadline]
+        return {"asked": asked, "excluded": excluded, "reachable": reachable, "times": times,
+                "kept": kept, "missed_deadline": missed,
+                "not_needed": [p for p in late if p not in missed], "round_time_s": round_time}
+
+    def run_round(self, round_number: int, rounds: int) -> dict:
+        start = time.perf_counter()
+        plan = self.plan(round_number)
+        kept, times = plan["kept"], plan["times"]
+        sleep_s = {p: times[p].total_s for p in kept} if self.scenario["hosts"]["sleep"] else None
+        event = {"method": self.method.name, "round": round_number, "rounds": rounds, "phase": "start",
+                 "running": len(kept), "done": 0, "accuracy": (self.last_eval or {}).get("accuracy")}
+        self.progress(event)
+
+        def on_done(done):
+            self.progress({**event, "phase": "train", "done": done})
+
+        results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
+                                                sleep_s, on_done)
+        for pid, reason in sorted(failures.items()):
+            self.log(f"round {round_number}: participant {pid} failed: {reason}")
+        accepted, rejected = [], 0
+        for result in sorted(results, key=lambda r: r["id"]):
+            update = result["update"]
+            if update is None:
+                continue
+            self.shared_names.update(update)
+            problem = check_update(update, self.shared, self.scenario["server"]["max_update_norm"])
+            if problem:
+                rejected += 1
+                self.log(f"round {round_number}: update of participant {result['id']} rejected: {problem}")
+            else:
+                accepted.append((update, result["samples"]))
+        if self.method.shares:
+            if accepted:
+                self.shared = self.method.aggregate(self.shared, accepted)
+            else:
+                self.log(f"round {round_number}: no update arrived in time; the shared state "
+                         f"is unchanged")
+        bytes_down = self.shared_bytes * len(plan["reachable"])
+        bytes_up = self.shared_bytes * sum(r["update"] is not None for r in results)
+        self.totals["bytes_up"] += bytes_up
+        self.totals["bytes_down"] += bytes_down
+        self.totals["sim_time_s"] += plan["round_time_s"]
+        samples = [r["samples"] for r in results]
+        row = {
+            "method": self.method.name, "round": round_number,
+            "sampled": len(plan["asked"]), "completed": len(results),
+            "dropped_deadline": len(plan["missed_deadline"]),
+            "over_selected": len(plan["not_needed"]),
+            "unavailable": len(plan["asked"]) - len(plan["excluded"]) - len(plan["reachable"]),
+            "excluded_memory": len(plan["excluded"]), "failed": len(failures), "rejected": rejected,
+            "aggregated": len(accepted), "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "sim_time_s": plan["round_time_s"], "sim_clock_s": self.totals["sim_time_s"],
+            "train_loss": (float(np.average([r["train_loss"] for r in results], weights=samples))
+                           if results and sum(samples) else None),
+        }
+        if round_number == rounds or round_number % self.scenario["eval"]["every"] == 0:
+            self.last_eval = self.evaluate(final=round_number == rounds)
+            row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})
+        row["wall_s"] = time.perf_counter() - start
+        self.record(row)
+        self.progress({**event, "phase": "end", "done": len(results),
+                       "accuracy": (self.last_eval or {}).get("accuracy")})
+        return row
+
+    def evaluate(self, final: bool) -> dict:
+        pids = self.eval_participants()
+        results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final)
+        for pid, reason in sorted(failures.items()):
+            self.log(f"evaluation: participant {pid} failed: {reason}")
+        accuracies = [r["accuracy"] for r in results]
+        return {"accuracy": _mean(accuracies), "accuracy_std": _std(accuracies),
+                "macro_precision": _mean([r["macro_precision"] for r in results]),
+                "participants": len(results),
+                "per_participant": sorted(results, key=lambda r: r["id"])}
+
+    # ---- the whole method ---------------------------------------------------------------------
+    def run(self) -> dict:
+        start = time.perf_counter()
+        rounds = self.scenario["rounds"]
+        for round_number in range(1, rounds + 1):
+            self.run_round(round_number, rounds)
+        self.executor.release(self.method.name)
+        final = self.last_eval or {}
+        per_participant = final.get("per_participant", [])
+        return {
+            "accuracy_mean": final.get("accuracy"), "accuracy_std": final.get("accuracy_std"),
+            "macro_precision_mean": final.get("macro_precision"),
+            "trainable_params_per_participant": _mean([r["trainable_params"] for r in per_participant]),
+            "shared_params": sum(t.numel() for t in (self.shared or {}).values()),
+            "bytes_up_total": self.totals["bytes_up"], "bytes_down_total": self.totals["bytes_down"],
+            "sim_time_s": self.totals["sim_time_s"], "rounds": rounds,
+            "wall_s": time.perf_counter() - start,
+            "per_participant_accuracy": {r["id"]: r["accuracy"] for r in per_participant},
+            "shared_sha256": state_sha256(self.shared) if self.shared else None,
+        }
+
+
+def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None) -> dict:
+    """Every method of the scenario, one after another, on the same participants and data.
+    Returns the summary (see outputs.write_summary)."""
+    methods, shared_names = {}, set()
+    for name in experiment.scenario["methods"]:
+        run = MethodRun(experiment, name, executor, record, log, progress)
+        methods[name] = run.run()
+        shared_names |= run.shared_names
+    return {"scenario": experiment.scenario["name"], "seed": experiment.seed, "methods": methods,
+            "shared_tensor_names": sorted(shared_names), "nodes_used": executor.nodes_used,
+            "global_ligo_sha256": methods.get("fedgrow", {}).get("shared_sha256")}

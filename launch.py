@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Run a Fed-Grow experiment described by a scenario file.
+
+    python launch.py [SCENARIO] [--set key=value ...] [--out DIR] [--address ADDR]
+
+Without --address a local Ray is started on 127.0.0.1 and stopped at the end; with --address
+(auto or HOST:PORT) the run joins an existing cluster. --executor local runs every participant
+in this process with no Ray at all (for debugging, and the baseline of bench/overhead.py).
+Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from fedgrow_ray.config import ScenarioError, load_scenario
+from fedgrow_ray.data import DatasetUnavailable
+from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
+from fedgrow_ray.outputs import RunFolder, results_table
+
+ROOT = Path(__file__).resolve().parent
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty = stream, stream.isatty()
+        self.width = 0
+        self.reported: set = set()
+
+    def message(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def update(self, event: dict) -> None:
+        if not event:
+            return
+        accuracy = event.get("accuracy")
+        acc = f"accuracy {accuracy:.3f}" if accuracy is not None else "accuracy –"
+        head = f"{event['method']} round {event['round']}/{event['rounds']}"
+        if self.tty:
+            filled = int(20 * (event["round"] - 1 + (event["done"] / event["running"] if event["running"] else 1))
+                         / event["rounds"])
+            line = (f"{head} [{'#' * filled}{'.' * (20 - filled)}] participants "
+                    f"{event['done']}/{event['running']}  {acc}")
+            self._clear()
+            self.stream.write(line)
+            self.stream.flush()
+            self.width = len(line)
+        elif event.get("phase") == "end" and (event["method"], event["round"]) not in self.reported:
+            self.reported.add((event["method"], event["round"]))
+            print(f"{head}: {event['done']}/{event['running']} participants done, {acc}",
+                  file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios" / "quickstart.yaml"),
+                        help="scenario YAML (default: scenarios/quickstart.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario key, e.g. --set rounds=20 --set training.lr=3e-4")
+    parser.add_argument("--out", help="run folder (default: runs/<scenario>-<timestamp>)")
+    parser.add_argument("--address", help="join an existing Ray cluster: auto or HOST:PORT")
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="ray (default) or local: every participant in this process, no Ray")
+    parser.add_argument("--cache", default=str(DEFAULT_CACHE),
+                        help=f"where prepared data is kept (default: {DEFAULT_CACHE})")
+    return parser.parse_args(argv)
+
+
+def start_ray(address: str | None):
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"working_dir": str(ROOT),
+                              "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]})
+    else:
+        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    return ray
+
+
+def run_with_ray(ray, scenario, cache, folder, progress) -> dict:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.driver import DriverActor
+
+    here = ray.get_runtime_context().get_node_id()
+    driver = DriverActor.options(  # on this node, so it writes the run folder launch.py shows
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote(scenario, cache, str(folder.path.resolve()))
+    done = driver.run.remote()
+    while True:
+        ready, _ = ray.wait([done], timeout=0.5)
+        events, messages = ray.get(driver.poll.remote())
+        for message in messages:
+            if "\n" not in message:  # tracebacks stay in events.log
+                progress.message(message)
+        for event in events:
+            progress.update(event)
+        if ready:
+            return ray.get(done)
+
+
+def run_locally(scenario, data_path, folder, progress) -> dict:
+    from fedgrow_ray.rounds import LocalExecutor, run_experiment
+
+    def log(message):
+        folder.log(message)
+        progress.message(message)
+
+    summary = run_experiment(Experiment(scenario, data_path), LocalExecutor(scenario, str(data_path)),
+                             folder.record, log, progress.update)
+    folder.finish(summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    progress = Progress()
+    try:
+        scenario = load_scenario(args.scenario, args.set)
+        progress.message(f"preparing data ({scenario['data']['source']}) ...")
+        data_path = prepare_scenario_data(scenario, args.cache)
+        out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = RunFolder.create(out, scenario)
+    except (ScenarioError, DatasetUnavailable, ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    progress.message(f"run folder: {folder.path}")
+    ray = None
+    try:
+        if args.executor == "local":
+            summary = run_locally(scenario, data_path, folder, progress)
+        else:
+            ray = start_ray(args.address)
+            summary = run_with_ray(ray, scenario, args.cache, folder, progress)
+    except KeyboardInterrupt:
+        folder.fail("interrupted")
+        progress.message("interrupted; the run folder says so")
+        return 1
+    except Exception as err:  # the driver has marked the run failed; say why, briefly
+        if (folder.path / "status.json").read_text().find('"failed"') < 0:
+            folder.fail(f"{type(err).__name__}: {err}")
+        progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'})")
+        return 1
+    finally:
+        if ray is not None and not args.address:
+            ray.shutdown()
+    progress.message("")
+    print(results_table(summary, folder.metrics()))
+    print(f"run folder: {folder.path}  (summary.json, metrics.jsonl, results.md, curves.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+import os
+
+# Nothing in the tests may reach a hub: fail fast instead of hanging on a closed network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from fedgrow_ray.models import get_family
+
+
+@pytest.fixture
+def text_family():
+    return get_family("text", vocab_size=64, max_positions=16, num_classes=4, dropout=0.0)
+
+
+@pytest.fixture
+def image_family():
+    return get_family("image", image_size=16, patch_size=4, num_classes=4, dropout=0.0)
+
+
+@pytest.fixture(params=["text", "image"])
+def family(request, text_family, image_family):
+    return {"text": text_family, "image": image_family}[request.param]
+
+
+def toy_batch(family, n, generator):
+    """A small learnable task for either family: the label is written into the input (a marker
+    token at a quarter of the positions; a bright quadrant in a noisy image) for a model to find."""
+    labels = torch.randint(0, family.num_classes, (n,), generator=generator)
+    if family.name == "text":
+        length = family.max_positions
+        ids = torch.randint(family.num_classes + 1, family.vocab_size, (n, length), generator=generator)
+        marked = torch.rand(n, length, generator=generator) < 0.25
+        ids = torch.where(marked, (labels + 1).unsqueeze(1), ids)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    size, half = family.image_size, family.image_size // 2
+    pixels = torch.randn(n, family.channels, size, size, generator=generator) * 0.5
+    for i, label in enumerate(labels.tolist()):
+        r, c = divmod(label % 4, 2)
+        pixels[i, :, r * half:(r + 1) * half, c * half:(c + 1) * half] += 1.5
+    return {"pixel_values": pixels, "labels": labels}

@@ -1,0 +1,175 @@
+"""The Ray simulator end to end on a real local Ray: privacy boundary, determinism, stragglers,
+many participants on few actors, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import launch
+from fedgrow_ray.config import resolve_scenario
+from fedgrow_ray.dual_ligo import state_sha256
+from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+from fedgrow_ray.ligo import LiGO
+from fedgrow_ray.methods import get_method
+from fedgrow_ray.outputs import RunFolder
+from fedgrow_ray.participant import ParticipantHost
+from fedgrow_ray.rounds import LocalExecutor, run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "name": "tiny", "seed": 3, "rounds": 2, "participants": 6, "methods": ["fedgrow"],
+    "model": {"family": "text", "vocab_size": 300, "max_positions": 16, "dropout": 0.0,
+              "small_shapes": [{"width": 16, "layers": 1, "heads": 2, "ffn": 32},
+                               {"width": 24, "layers": 2, "heads": 2, "ffn": 48}],
+              "intermediate": {"width": 24, "layers": 2, "heads": 2, "ffn": 48},
+              "target": {"width": 32, "layers": 3, "heads": 2, "ffn": 64}},
+    "training": {"batch_size": 8, "local_steps": 3, "pretrain_steps": 10, "local_stage_steps": 3},
+    "data": {"source": "synthetic_text", "train_size": 600, "test_size": 200,
+             "test_per_participant": 20, "partition": {"scheme": "iid"}},
+    "hosts": {"actors": 2},
+}
+
+
+def tiny(*overrides):
+    return resolve_scenario(TINY, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data-cache"))
+
+
+def simulate(ray, scenario, cache, out):
+    folder = RunFolder.create(out, scenario)
+    summary = launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
+    return summary, folder.metrics(), folder
+
+
+def test_only_global_ligo_leaves_a_participant(ray_session, cache, tmp_path):
+    from actors.participant import ParticipantActor
+
+    scenario = tiny()
+    summary, rows, folder = simulate(ray_session, scenario, cache, tmp_path / "run")
+    assert summary["shared_tensor_names"]
+    assert all(name.startswith("global_ligo.") for name in summary["shared_tensor_names"])
+    assert json.loads((folder.path / "summary.json").read_text())["shared_tensor_names"] == \
+        summary["shared_tensor_names"]
+
+    # What really crosses the actor boundary: call a participant actor and walk every tensor it
+    # returns; compare with participant 0's private state, rebuilt here (it is deterministic).
+    experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
+    shared = get_method("fedgrow", experiment).initial_shared()
+    actor = ParticipantActor.options(num_cpus=1).remote(scenario, cache, 0, False)
+    returned = ray_session.get(actor.train.remote("fedgrow", 1, [0], [ray_session.put(shared)]))
+    tensors = []
+
+    def walk(value, path):
+        if isinstance(value, torch.Tensor):
+            tensors.append((path, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, path + [k])
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, path + [i])
+
+    walk(returned, [])
+    assert [p[:2] for p, _ in tensors] == [[0, "update"]] * len(tensors)
+    assert all(p[2].startswith("global_ligo.") for p, _ in tensors)
+    assert sum(t.numel() for _, t in tensors) == LiGO.parameter_count(experiment.intermediate, experiment.target)
+    host = ParticipantHost(scenario, str(prepare_scenario_data(scenario, cache)))
+    host.train("fedgrow", 1, [0], shared)
+    private = host.participant(0).method_state["fedgrow"].dual
+    for name, secret in private.named_parameters():
+        if name.startswith("global_ligo."):
+            continue
+        for _, sent in tensors:
+            assert sent.shape != secret.shape or not torch.equal(sent, secret), name
+
+
+def test_same_seed_same_results_on_ray_and_in_process(ray_session, cache, tmp_path):
+    scenario = tiny()
+    summary, rows, _ = simulate(ray_session, scenario, cache, tmp_path / "ray")
+    data = prepare_scenario_data(scenario, cache)
+    local_rows = []
+    local = run_experiment(Experiment(scenario, data), LocalExecutor(scenario, str(data)),
+                           local_rows.append, lambda m: None)
+    assert local["global_ligo_sha256"] == summary["global_ligo_sha256"]
+    for a, b in zip(rows, local_rows, strict=True):
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"wall_s"}:
+            expected = pytest.approx(b[key], rel=1e-6, abs=1e-9) if isinstance(b[key], float) else b[key]
+            assert a[key] == expected, key
+
+
+def test_stragglers_miss_the_deadline_and_the_rest_aggregate(ray_session, cache, tmp_path):
+    trace = tmp_path / "devices.csv"
+    trace.write_text("compute_speed\n1.0\n1.0\n0.001\n1.0\n0.001\n1.0\n")
+    scenario = tiny(f"devices.trace={trace}", "devices.reference_gflops=1")
+    experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
+    fast = get_method("fedgrow", experiment).round_flops(experiment.ladder[0]) / 1e9  # seconds at speed 1
+    scenario = tiny(f"devices.trace={trace}", "devices.reference_gflops=1", f"deadline_s={fast * 10}")
+    summary, rows, _ = simulate(ray_session, scenario, cache, tmp_path / "run")
+    for row in rows:
+        assert (row["sampled"], row["completed"], row["dropped_deadline"], row["aggregated"]) == (6, 4, 2, 4)
+        assert row["sim_time_s"] == pytest.approx(fast * 10)  # the server waited until the deadline
+    assert summary["methods"]["fedgrow"]["bytes_up_total"] == 2 * 4 * LiGO.parameter_count(
+        experiment.intermediate, experiment.target) * 4
+
+
+def test_a_round_nobody_finishes_in_time_keeps_global_ligo(ray_session, cache, tmp_path):
+    scenario = tiny("deadline_s=1e-9", "rounds=1")
+    initial = get_method("fedgrow", Experiment(scenario, prepare_scenario_data(scenario, cache))).initial_shared()
+    summary, rows, folder = simulate(ray_session, scenario, cache, tmp_path / "run")
+    assert (rows[0]["completed"], rows[0]["dropped_deadline"], rows[0]["aggregated"]) == (0, 6, 0)
+    assert summary["global_ligo_sha256"] == state_sha256(initial)
+    assert "no update arrived in time; the shared state is unchanged" in (folder.path / "events.log").read_text()
+
+
+def test_two_hundred_participants_on_two_actors(ray_session, cache, tmp_path):
+    scenario = tiny("participants=200", "rounds=1", "training.pretrain_steps=2",
+                    "training.local_stage_steps=1", "training.local_steps=1", "eval.participants=10",
+                    "data.train_size=2000", "data.test_per_participant=5")
+    summary, rows, _ = simulate(ray_session, scenario, cache, tmp_path / "run")
+    assert (rows[0]["sampled"], rows[0]["completed"], rows[0]["aggregated"]) == (200, 200, 200)
+    assert summary["methods"]["fedgrow"]["accuracy_mean"] is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "rounds=0"], "scenario key 'rounds': 0 is not allowed"),
+    (["--set", "training.lr=fast"], "scenario key 'training.lr': 'fast' is not allowed; expected a number"),
+    (["--set", "model.target.width=40"], "'model.target': width=40 is smaller than model.intermediate width=64"),
+    (["--set", "participnts=3"], "did you mean 'participants'?"),
+    (["--set", "rounds"], "expected key=value"),
+    (["missing.yaml"], "scenario file 'missing.yaml' does not exist"),
+])
+def test_bad_input_exits_2_with_the_key_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert launch.main(args + ["--out", str(out), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_bad_input_exit_status(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--set", "seed=-1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "scenario key 'seed': -1 is not allowed" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
