@@ -184,7 +184,10 @@ SCHEMA = {
         "pretrain_steps": (integer(0), 100),
         "pretrain_lr": (number(above=0), 1e-3),
         "local_stage_steps": (integer(0), 20),
-        "joint_local": (boolean(), False),
+        # Local-LiGO keeps training beside the shared Global-LiGO: independently pre-trained
+        # small models disagree on what each hidden unit means, and a frozen Local-LiGO cannot
+        # adapt to the averaged operator (measured: Fed-Grow then stays flat; see README).
+        "joint_local": (boolean(), True),
         "finetune_steps": (integer(0), 0),
         "max_grad_norm": (number(above=0, optional=True), 1.0),
     },

@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+from fedgrow_ray.config import resolve_scenario
 from fedgrow_ray.models import get_family
 
 
@@ -42,3 +43,22 @@ def toy_batch(family, n, generator):
         r, c = divmod(label % 4, 2)
         pixels[i, :, r * half:(r + 1) * half, c * half:(c + 1) * half] += 1.5
     return {"pixel_values": pixels, "labels": labels}
+
+
+# A scenario small enough to run a whole simulation in seconds.
+TINY = {
+    "name": "tiny", "seed": 3, "rounds": 2, "participants": 6, "methods": ["fedgrow"],
+    "model": {"family": "text", "vocab_size": 300, "max_positions": 16, "dropout": 0.0,
+              "small_shapes": [{"width": 16, "layers": 1, "heads": 2, "ffn": 32},
+                               {"width": 24, "layers": 2, "heads": 2, "ffn": 48}],
+              "intermediate": {"width": 24, "layers": 2, "heads": 2, "ffn": 48},
+              "target": {"width": 32, "layers": 3, "heads": 2, "ffn": 64}},
+    "training": {"batch_size": 8, "local_steps": 3, "pretrain_steps": 10, "local_stage_steps": 3},
+    "data": {"source": "synthetic_text", "train_size": 600, "test_size": 200,
+             "test_per_participant": 20, "partition": {"scheme": "iid"}},
+    "hosts": {"actors": 2},
+}
+
+
+def tiny(*overrides):
+    return resolve_scenario(TINY, list(overrides))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import launch
-from fedgrow_ray.config import resolve_scenario
+from conftest import tiny
 from fedgrow_ray.dual_ligo import state_sha256
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
 from fedgrow_ray.ligo import LiGO
@@ -21,24 +21,6 @@ from fedgrow_ray.participant import ParticipantHost
 from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = {
-    "name": "tiny", "seed": 3, "rounds": 2, "participants": 6, "methods": ["fedgrow"],
-    "model": {"family": "text", "vocab_size": 300, "max_positions": 16, "dropout": 0.0,
-              "small_shapes": [{"width": 16, "layers": 1, "heads": 2, "ffn": 32},
-                               {"width": 24, "layers": 2, "heads": 2, "ffn": 48}],
-              "intermediate": {"width": 24, "layers": 2, "heads": 2, "ffn": 48},
-              "target": {"width": 32, "layers": 3, "heads": 2, "ffn": 64}},
-    "training": {"batch_size": 8, "local_steps": 3, "pretrain_steps": 10, "local_stage_steps": 3},
-    "data": {"source": "synthetic_text", "train_size": 600, "test_size": 200,
-             "test_per_participant": 20, "partition": {"scheme": "iid"}},
-    "hosts": {"actors": 2},
-}
-
-
-def tiny(*overrides):
-    return resolve_scenario(TINY, list(overrides))
-
 
 @pytest.fixture(scope="module")
 def ray_session():
@@ -173,3 +155,27 @@ def test_cli_bad_input_exit_status(tmp_path):
     assert done.returncode == 2
     assert "scenario key 'seed': -1 is not allowed" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_quickstart_runs_end_to_end_and_fedgrow_learns(tmp_path):
+    """The README's main job, shortened to 4 rounds, on a local Ray that launch.py starts and
+    stops itself; asking for half a GPU on a machine without one falls back to CPU, no hang."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--set", "rounds=4", "--set", "hosts.num_gpus=0.5",
+         "--out", str(out), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["eval_accuracy"] for r in rows]
+    assert len(rows) == 4 and all(r["completed"] == 8 for r in rows)
+    assert accuracy[-1] >= accuracy[0] + 0.02 and accuracy[-1] > 0.5, accuracy  # 4 classes: chance 0.25
+    summary = json.loads((out / "summary.json").read_text())
+    fedgrow = summary["methods"]["fedgrow"]
+    assert fedgrow["accuracy_mean"] == pytest.approx(accuracy[-1])
+    assert fedgrow["bytes_up_total"] == sum(r["bytes_up"] for r in rows) > 0
+    assert summary["nodes_used"] == 1 and summary["scenario"] == "quickstart"
+    assert "no GPU: participants run on CPU" in (out / "events.log").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000 and "| fedgrow |" in (out / "results.md").read_text()
+    assert "fedgrow round 4/4" in done.stderr
