@@ -2,6 +2,7 @@
 """Run a Fed-Grow experiment described by a scenario file.
 
     python launch.py [SCENARIO] [--set key=value ...] [--out DIR] [--address ADDR]
+    python launch.py --resume RUN_DIR [--address ADDR]
 
 Without --address a local Ray is started on 127.0.0.1 and stopped at the end; with --address
 (auto or HOST:PORT) the run joins an existing cluster. --executor local runs every participant
@@ -15,12 +16,14 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
-from fedgrow_ray.config import ScenarioError, load_scenario
+from fedgrow_ray.config import ScenarioError, load_scenario, resolve_scenario
 from fedgrow_ray.data import DatasetUnavailable
 from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
-from fedgrow_ray.outputs import RunFolder, results_table
+from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
+from fedgrow_ray.participant import StateStore
 
 ROOT = Path(__file__).resolve().parent
 
@@ -65,7 +68,7 @@ class Progress:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios" / "quickstart.yaml"),
+    parser.add_argument("scenario", nargs="?",
                         help="scenario YAML (default: scenarios/quickstart.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario key, e.g. --set rounds=20 --set training.lr=3e-4")
@@ -75,7 +78,12 @@ def parse_args(argv):
                         help="ray (default) or local: every participant in this process, no Ray")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE),
                         help=f"where prepared data is kept (default: {DEFAULT_CACHE})")
-    return parser.parse_args(argv)
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a stopped run from its last checkpoint")
+    args = parser.parse_args(argv)
+    if args.resume and (args.set or args.out or args.scenario):
+        parser.error("--resume takes the run folder only: its config.yaml is the scenario")
+    return args
 
 
 def start_ray(address: str | None):
@@ -92,15 +100,17 @@ def start_ray(address: str | None):
     return ray
 
 
-def run_with_ray(ray, scenario, cache, folder, progress) -> dict:
+def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -> dict:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from actors.driver import DriverActor
 
     here = ray.get_runtime_context().get_node_id()
+    run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
     driver = DriverActor.options(  # on this node, so it writes the run folder launch.py shows
+        name=f"fedgrow-driver-{run_id}",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    ).remote(scenario, cache, str(folder.path.resolve()))
+    ).remote(scenario, cache, str(folder.path.resolve()), resume, run_id)
     done = driver.run.remote()
     while True:
         ready, _ = ray.wait([done], timeout=0.5)
@@ -114,15 +124,21 @@ def run_with_ray(ray, scenario, cache, folder, progress) -> dict:
             return ray.get(done)
 
 
-def run_locally(scenario, data_path, folder, progress) -> dict:
+def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> dict:
     from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
     def log(message):
         folder.log(message)
         progress.message(message)
 
-    summary = run_experiment(Experiment(scenario, data_path), LocalExecutor(scenario, str(data_path)),
-                             folder.record, log, progress.update)
+    checkpoint = None
+    if resume:
+        checkpoint = folder.load_checkpoint()
+        StateStore.discard_after(folder.state_dir, checkpoint["tick"])
+        log(f"resuming after {checkpoint['method']} round {checkpoint['round']}")
+    executor = LocalExecutor(scenario, str(data_path), state_dir=str(folder.state_dir))
+    summary = run_experiment(Experiment(scenario, data_path), executor, folder.record, log,
+                             progress.update, folder.save_checkpoint, checkpoint)
     folder.finish(summary)
     return summary
 
@@ -131,30 +147,43 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     progress = Progress()
     try:
-        scenario = load_scenario(args.scenario, args.set)
+        if args.resume:
+            folder, raw, _ = RunFolder.for_resume(args.resume)
+            scenario = resolve_scenario(raw)
+        else:
+            scenario = load_scenario(args.scenario or ROOT / "scenarios" / "quickstart.yaml", args.set)
         progress.message(f"preparing data ({scenario['data']['source']}) ...")
         data_path = prepare_scenario_data(scenario, args.cache)
-        out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder = RunFolder.create(out, scenario)
-    except (ScenarioError, DatasetUnavailable, ValueError, FileExistsError) as err:
+        if not args.resume:
+            out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+            folder = RunFolder.create(out, scenario)
+    except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.resume:
+        folder.set_status("running")
     progress.message(f"run folder: {folder.path}")
     ray = None
     try:
         if args.executor == "local":
-            summary = run_locally(scenario, data_path, folder, progress)
+            summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
         else:
             ray = start_ray(args.address)
-            summary = run_with_ray(ray, scenario, args.cache, folder, progress)
+            summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
     except KeyboardInterrupt:
         folder.fail("interrupted")
-        progress.message("interrupted; the run folder says so")
+        progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
         return 1
-    except Exception as err:  # the driver has marked the run failed; say why, briefly
-        if (folder.path / "status.json").read_text().find('"failed"') < 0:
+    except Exception as err:
+        if "RayActorError" in type(err).__name__ or "ActorDied" in type(err).__name__:
+            folder.fail(f"the driver actor died: {str(err).splitlines()[0]}")
+            progress.message(f"the driver actor died ({str(err).splitlines()[0]}); the run folder keeps "
+                             f"its last checkpoint: python launch.py --resume {folder.path}")
+            return 1
+        if '"failed"' not in (folder.path / "status.json").read_text():
             folder.fail(f"{type(err).__name__}: {err}")
-        progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'})")
+        progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
+                         f"python launch.py --resume {folder.path})")
         return 1
     finally:
         if ray is not None and not args.address:

@@ -1,5 +1,6 @@
 """DriverActor: owns the shared state (Global-LiGO), runs the rounds of every method on the
-participant pool, writes the run folder, and answers progress polls from launch.py."""
+participant pool, writes the run folder and its checkpoints, and answers progress polls from
+launch.py."""
 
 from __future__ import annotations
 
@@ -7,18 +8,34 @@ import threading
 import traceback
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
+from fedgrow_ray.participant import StateStore
 from fedgrow_ray.rounds import run_experiment
 
 from .pool import RayExecutor
 
 
+@ray.remote(num_cpus=0)
+def _discard_after(state_dir: str, tick: int) -> int:
+    return StateStore.discard_after(state_dir, tick)
+
+
+def discard_stale_participant_state(state_dir: str, tick: int) -> int:
+    """On every node: remove participant checkpoints newer than the driver's (a failed run
+    wrote them after its last consistent checkpoint)."""
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    return sum(ray.get([_discard_after.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_id=node, soft=False)).remote(state_dir, tick) for node in nodes]))
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)
 class DriverActor:
-    def __init__(self, scenario: dict, cache_dir: str, run_dir: str):
-        self.scenario, self.cache_dir = scenario, cache_dir
+    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, resume: bool = False,
+                 run_id: str = "run"):
+        self.scenario, self.cache_dir, self.resume, self.run_id = scenario, cache_dir, resume, run_id
         self.folder = RunFolder(run_dir)
         self._lock = threading.Lock()
         self._event: dict = {}
@@ -46,9 +63,17 @@ class DriverActor:
 
     def run(self) -> dict:
         try:
+            checkpoint = None
+            state_dir = str(self.folder.state_dir)
+            if self.resume:
+                checkpoint = self.folder.load_checkpoint()
+                stale = discard_stale_participant_state(state_dir, checkpoint["tick"])
+                self._log(f"resuming after {checkpoint['method']} round {checkpoint['round']} "
+                          f"({stale} newer participant files discarded)")
             experiment = Experiment(self.scenario, prepare_scenario_data(self.scenario, self.cache_dir))
-            executor = RayExecutor(self.scenario, self.cache_dir, self._log)
-            summary = run_experiment(experiment, executor, self.folder.record, self._log, self._progress)
+            executor = RayExecutor(self.scenario, self.cache_dir, state_dir, self._log, self.run_id)
+            summary = run_experiment(experiment, executor, self.folder.record, self._log, self._progress,
+                                     self.folder.save_checkpoint, checkpoint)
             self.folder.finish(summary)
             return summary
         except Exception as err:

@@ -2,7 +2,9 @@
 
 Participants are assigned to one actor for the whole run, so their private state (small model,
 Local-LiGO, optimiser, data shard) is created inside the actor and never moves; calls return
-only shared-state updates, sample counts and metrics.
+only shared-state updates, sample counts and metrics. The actor writes participants' state to
+its own node's disk (spill and checkpoints); when Ray restarts a dead actor, the new one
+restores its participants from those checkpoints.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import os
 
 import ray
-import torch
 
 from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.participant import ParticipantHost
@@ -18,18 +19,21 @@ from fedgrow_ray.participant import ParticipantHost
 
 @ray.remote
 class ParticipantActor:
-    def __init__(self, scenario: dict, cache_dir: str, index: int, use_gpu: bool):
+    def __init__(self, scenario: dict, cache_dir: str, state_dir: str, index: int, use_gpu: bool):
+        import torch
+
         self.index = index
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         # Data is prepared (or found ready) on the node this actor runs on.
         data_path = prepare_scenario_data(scenario, cache_dir)
-        self.host = ParticipantHost(scenario, str(data_path), device)
+        self.host = ParticipantHost(scenario, str(data_path), device, state_dir, index)
         self._shared_key, self._shared = None, None
 
     def info(self) -> dict:
         context = ray.get_runtime_context()
         return {"index": self.index, "node_id": context.get_node_id(), "pid": os.getpid(),
-                "device": str(self.host.device), "threads": torch.get_num_threads()}
+                "device": str(self.host.device), "memory": self.host.memory(),
+                "restored": self.host.stats["restored"]}
 
     def _resolve(self, shared_ref):
         """The round's shared state, fetched from the object store once per actor per round."""
@@ -44,6 +48,9 @@ class ParticipantActor:
 
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool):
         return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final)
+
+    def checkpoint(self, tick: int) -> int:
+        return self.host.checkpoint(tick)
 
     def release(self, method: str) -> None:
         self.host.release(method)

@@ -24,6 +24,7 @@ class ScenarioError(ValueError):
 
 METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "centralized_ligo")
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+BAD_UPDATES = ("nan", "inf", "shape", "name", "huge")  # faults.bad_update kinds
 
 
 # ---- field validators: each takes (key, value) and returns the checked value -------------------
@@ -111,6 +112,13 @@ def list_of(item, min_length=1, unique=False):
     return check
 
 
+def mapping(schema: dict):
+    """A mapping with its own keys (for list items such as faults.kill_host[0])."""
+    def check(key, value):
+        return _resolve(schema, value, f"{key}.")
+    return check
+
+
 def shape():
     def check(key, value):
         try:
@@ -151,6 +159,7 @@ SCHEMA = {
     "methods": (list_of(choice(METHODS), unique=True), ["fedgrow"]),
     "protocol": (choice(("paper", "reference-code")), "paper"),
     "deadline_s": (number(above=0, optional=True), None),
+    "checkpoint_every": (integer(0), 1),
     "server": {
         "aggregator": (choice(AGGREGATORS), "fedavg"),
         "trim_fraction": (number(0.0, 0.49), 0.1),
@@ -206,8 +215,19 @@ SCHEMA = {
         "num_cpus": (number(above=0), 1.0),
         "num_gpus": (number(0.0), 0.0),
         "memory_mb": (number(above=0, optional=True), None),
+        "max_resident": (integer(1, optional=True), None),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
+    },
+    "faults": {
+        "kill_host": (list_of(mapping({"host": (integer(0), None), "round": (integer(1), None),
+                                       "method": (choice(METHODS, optional=True), None)}),
+                              min_length=0), []),
+        "drop_upload": (number(0.0, 1.0), 0.0),
+        "bad_update": (list_of(mapping({"participant": (integer(0), None), "round": (integer(1), None),
+                                        "kind": (choice(BAD_UPDATES), None),
+                                        "method": (choice(METHODS, optional=True), None)}),
+                               min_length=0), []),
     },
     "data": (external(_data_spec, "data"), {"source": "synthetic_text"}),
     "devices": (external(_devices_spec, "devices"), {}),
@@ -265,6 +285,10 @@ def _check_together(s: dict) -> None:
                 raise ScenarioError(
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
+    for i, fault in enumerate(s["faults"]["kill_host"]):
+        if fault["round"] > s["rounds"]:
+            raise ScenarioError(f"scenario key 'faults.kill_host[{i}].round': {fault['round']} is "
+                                f"after the last round ({s['rounds']})")
     if s["hosts"]["num_gpus"] > 1 and s["hosts"]["num_gpus"] != int(s["hosts"]["num_gpus"]):
         raise ScenarioError(f"scenario key 'hosts.num_gpus': {s['hosts']['num_gpus']} is not allowed; "
                             "a fraction below 1 or a whole number of GPUs")

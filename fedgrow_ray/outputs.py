@@ -2,6 +2,9 @@
 
     config.yaml     the fully resolved scenario
     status.json     running / completed / failed (with the error)
+    checkpoint.pt   the driver's state at its last checkpoint (shared state, round, totals)
+    participant_state/  participants' private state, written by their hosts on their own
+                    nodes (spill files and checkpoints), never by the driver
     metrics.jsonl   one JSON object per round per method, appended as rounds finish
     events.log      notices: exclusions, failures, rejected updates, empty rounds
     summary.json    per-method results (written when the run completes)
@@ -14,12 +17,14 @@ ever half-written; a run that fails says so in status.json and keeps what it fin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 
@@ -33,9 +38,23 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+class ResumeError(ValueError):
+    """A run folder cannot be resumed; the message says why."""
+
+
 class RunFolder:
+    CHECKPOINT = "checkpoint.pt"
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._rows: int | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "participant_state"
+
+    def scenario_sha256(self) -> str:
+        return hashlib.sha256((self.path / "config.yaml").read_bytes()).hexdigest()
 
     @classmethod
     def create(cls, path: str | Path, scenario: dict) -> "RunFolder":
@@ -59,7 +78,59 @@ class RunFolder:
             f.flush()
 
     def record(self, row: dict) -> None:
+        if self._rows is None:
+            self._rows = len(self.metrics())
         self._append("metrics.jsonl", json.dumps(_plain(row)))
+        self._rows += 1
+
+    # ---- checkpoints and resume ----------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        """The driver's state after a round, with how many metrics rows it covers."""
+        if self._rows is None:
+            self._rows = len(self.metrics())
+        state = {**state, "metrics_rows": self._rows, "scenario_sha256": self.scenario_sha256()}
+        tmp = self.path / f".{self.CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path / self.CHECKPOINT)
+
+    def load_checkpoint(self) -> dict:
+        path = self.path / self.CHECKPOINT
+        if not path.is_file():
+            raise ResumeError(f"{self.path} has no {self.CHECKPOINT}: the run stopped before its first "
+                              f"checkpoint (or checkpoint_every is 0); start it again instead")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ResumeError(f"{path} is unreadable ({type(err).__name__}: {err}); the run cannot "
+                              f"be resumed from it") from None
+        if not isinstance(state, dict) or "scenario_sha256" not in state:
+            raise ResumeError(f"{path} is not a fedgrow-ray checkpoint")
+        if state["scenario_sha256"] != self.scenario_sha256():
+            raise ResumeError(f"{path} was written for a different scenario: {self.path / 'config.yaml'} "
+                              f"has changed since; restore it or start a new run")
+        return state
+
+    @classmethod
+    def for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict]:
+        """Open a run folder to continue it: (folder, scenario as written, checkpoint). The
+        metrics after the checkpoint are dropped (those rounds run again)."""
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise ResumeError(f"--resume {str(path)!r} is not a run folder (no config.yaml)")
+        folder = cls(path)
+        status = json.loads((path / "status.json").read_text()).get("status") \
+            if (path / "status.json").is_file() else None
+        if status == "completed":
+            raise ResumeError(f"{path} is a completed run; there is nothing to resume")
+        try:
+            scenario = yaml.safe_load((path / "config.yaml").read_text())
+        except yaml.YAMLError as err:
+            raise ResumeError(f"{path / 'config.yaml'} is not valid YAML: {err}") from None
+        state = folder.load_checkpoint()
+        rows = folder.metrics()[:state["metrics_rows"]]
+        atomic_write(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        folder._rows = len(rows)
+        return folder, scenario, state
 
     def log(self, message: str) -> None:
         self._append("events.log", f"{time.strftime('%H:%M:%S')} {message}")
@@ -68,7 +139,11 @@ class RunFolder:
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and not text.endswith("\n"):  # a run killed mid-write leaves a partial last line
+            lines = lines[:-1]
+        return [json.loads(line) for line in lines]
 
     def finish(self, summary: dict) -> None:
         """Write summary.json, results.md and curves.png, then mark the run completed."""

@@ -2,12 +2,23 @@
 each method's private state (Local-LiGO, optimiser, ...). A `ParticipantHost` keeps many
 participants in one process and runs the work the driver asks of them; only shared-state
 updates (Global-LiGO for Fed-Grow), sample counts and metrics ever leave it.
+
+Participants are created on first use. A host keeps at most `hosts.max_resident` of them in
+memory and spills the least recently used to its own disk, reloading them exactly when they
+are needed again; at the driver's checkpoints it writes every participant that changed since
+the last one (versioned by tick), so a restarted host, or a resumed run, restores them.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import time
+from collections import OrderedDict
+from pathlib import Path
 
+import psutil
 import torch
 
 from .experiment import Experiment
@@ -64,24 +75,150 @@ class Participant:
     def num_samples(self) -> int:
         return len(self.data.train)
 
+    # ---- persistence ---------------------------------------------------------------------------
+    def state_dict(self, methods: dict[str, Method]) -> dict:
+        """Everything private, as tensors and plain values (what spilling and checkpoints keep)."""
+        return {"small_model": None if self._small_model is None else self._small_model.state_dict(),
+                "methods": {name: methods[name].state_dict(state)
+                            for name, state in self.method_state.items()}}
+
+    def load_state_dict(self, saved: dict, methods: dict[str, Method]) -> None:
+        if saved["small_model"] is not None:
+            model = self.experiment.family.build(self.shape)
+            model.load_state_dict(saved["small_model"])
+            self._small_model = model.to(self.device).eval().requires_grad_(False)
+        for name, state in saved["methods"].items():
+            if name in methods:
+                self.method_state[name] = methods[name].load_state(self, state)
+
+
+class StateStore:
+    """A host's participant files on its own node's disk.
+
+    spill/host<index>-<process id>/p<id>.pt   state evicted from memory; belongs to this process
+                                              only (a restarted host starts without it)
+    checkpoints/p<id>-t<tick>.pt              state at a driver checkpoint (the two newest kept);
+                                              the newest is what a restarted host or a resumed
+                                              run loads, after a resume has discarded versions
+                                              newer than the driver's checkpoint
+    """
+
+    _CHECKPOINT = re.compile(r"^p(\d+)-t(\d+)\.pt$")
+
+    def __init__(self, root: Path, host_index: int):
+        self.root = Path(root)
+        spill_root = self.root / "spill"
+        for stale in spill_root.glob(f"host{host_index}-*"):  # left by a dead incarnation
+            shutil.rmtree(stale, ignore_errors=True)
+        self.spill_dir = spill_root / f"host{host_index}-{os.getpid()}"
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = self.root / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.versions: dict[int, list[int]] = {}
+        for pid, tick, _ in self.checkpoint_files(self.root):
+            self.versions.setdefault(pid, []).append(tick)
+
+    @classmethod
+    def checkpoint_files(cls, root: Path):
+        folder = Path(root) / "checkpoints"
+        for path in (folder.iterdir() if folder.is_dir() else []):
+            found = cls._CHECKPOINT.match(path.name)
+            if found:
+                yield int(found.group(1)), int(found.group(2)), path
+
+    @classmethod
+    def discard_after(cls, root: Path, tick: int) -> int:
+        """Before a resume from the driver's checkpoint at `tick`: remove participant files a
+        failed run wrote later (they do not match the driver's state). Returns how many."""
+        stale = [path for _, t, path in cls.checkpoint_files(root) if t > tick]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    @staticmethod
+    def _write(path: Path, saved: dict) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(saved, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def spill(self, pid: int, saved: dict) -> None:
+        self._write(self.spill_dir / f"p{pid}.pt", saved)
+
+    def unspill(self, pid: int) -> dict | None:
+        path = self.spill_dir / f"p{pid}.pt"
+        if not path.exists():
+            return None
+        saved = self._read(path)
+        path.unlink()
+        return saved
+
+    def checkpoint(self, pid: int, tick: int, saved: dict | None) -> None:
+        """Write a participant's state (`saved`, or its spill file when None) for `tick`."""
+        path = self.checkpoint_dir / f"p{pid}-t{tick}.pt"
+        if saved is None:
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.copyfile(self.spill_dir / f"p{pid}.pt", tmp)
+            os.replace(tmp, path)
+        else:
+            self._write(path, saved)
+        versions = self.versions.setdefault(pid, [])
+        versions.append(tick)
+        # Keep the previous version too: until the driver commits its checkpoint for `tick`, a
+        # resume goes back to the driver's previous checkpoint, which needs that version.
+        for old in sorted(versions)[:-2]:
+            (self.checkpoint_dir / f"p{pid}-t{old}.pt").unlink(missing_ok=True)
+            versions.remove(old)
+
+    def restore(self, pid: int) -> dict | None:
+        versions = self.versions.get(pid)
+        return self._read(self.checkpoint_dir / f"p{pid}-t{max(versions)}.pt") if versions else None
+
 
 class ParticipantHost:
     """Hosts many participants of one experiment in one process (a Ray actor, or the plain
-    in-process executor). Participants are created on first use and stay put."""
+    in-process executor)."""
 
-    def __init__(self, scenario: dict, data_path: str, device: str = "cpu"):
+    def __init__(self, scenario: dict, data_path: str, device: str = "cpu",
+                 state_dir: str | None = None, index: int = 0):
         # As many compute threads as the host's CPU share, in every executor: float results
         # depend on the thread count, and must not depend on where a participant is hosted.
         torch.set_num_threads(max(1, int(scenario["hosts"]["num_cpus"])))
         self.experiment = Experiment(scenario, data_path)
         self.device = torch.device(device)
-        self.participants: dict[int, Participant] = {}
+        self.store = StateStore(Path(state_dir), index) if state_dir else None
+        self.max_resident = scenario["hosts"]["max_resident"] if self.store else None
+        self.participants: OrderedDict[int, Participant] = OrderedDict()  # resident, LRU first
         self.methods: dict[str, Method] = {}
+        self.dirty: set[int] = set()  # changed since their last checkpoint
+        self.restored: set[int] = set()  # loaded from a checkpoint, not yet reported
+        self.stats = {"spilled": 0, "reloaded": 0, "restored": 0}
 
     def participant(self, pid: int) -> Participant:
-        if pid not in self.participants:
-            self.participants[pid] = Participant(self.experiment, pid, self.device)
-        return self.participants[pid]
+        if pid in self.participants:
+            self.participants.move_to_end(pid)
+            return self.participants[pid]
+        participant = Participant(self.experiment, pid, self.device)
+        if self.store is not None:
+            saved = self.store.unspill(pid)
+            if saved is not None:
+                self.stats["reloaded"] += 1
+            else:
+                saved = self.store.restore(pid)
+                if saved is not None:
+                    self.stats["restored"] += 1
+                    self.restored.add(pid)
+            if saved is not None:
+                participant.load_state_dict(saved, self.methods)
+        self.participants[pid] = participant
+        while self.max_resident is not None and len(self.participants) > self.max_resident:
+            old_pid, old = self.participants.popitem(last=False)
+            self.store.spill(old_pid, old.state_dict(self.methods))
+            self.stats["spilled"] += 1
+        return participant
 
     def method(self, name: str) -> Method:
         if name not in self.methods:
@@ -92,6 +229,7 @@ class ParticipantHost:
         if method.name not in participant.method_state:
             participant.seed_torch(method.name, "setup")
             participant.method_state[method.name] = method.setup(participant)
+            self.dirty.add(participant.id)
         return participant.method_state[method.name]
 
     def train(self, method_name: str, round_number: int, pids: list[int], shared: dict | None,
@@ -107,11 +245,20 @@ class ParticipantHost:
             state = self._state(method, participant)
             participant.seed_torch(method.name, "round", round_number)
             update, loss = method.train(participant, state, shared, round_number)
+            self.dirty.add(pid)
             if sleep_s and sleep_s.get(pid):
                 time.sleep(sleep_s[pid])
             results.append({"id": pid, "update": update, "samples": participant.num_samples(),
-                            "train_loss": loss, "wall_s": time.perf_counter() - start})
+                            "train_loss": loss, "wall_s": time.perf_counter() - start,
+                            "host_memory": self.memory(), "restored": pid in self.restored})
+            self.restored.discard(pid)
         return results
+
+    def memory(self) -> dict:
+        """What this host really uses: resident memory, and GPU memory at its peak (Ray's
+        resource fractions are only logical)."""
+        gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+        return {"rss_mb": psutil.Process().memory_info().rss / 2**20, "gpu_mb": gpu / 2**20}
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
                  final: bool = False) -> list[dict]:
@@ -126,14 +273,24 @@ class ParticipantHost:
             trainable = method.trainable_params(participant, state)
             if final:
                 participant.seed_torch(method.name, "finish")
-                state = method.finish(participant, state, shared)
+                state = participant.method_state[method.name] = method.finish(participant, state, shared)
+                self.dirty.add(pid)
             labels, predictions = method.predict(participant, state, shared, participant.data.test,
                                                  self.experiment.scenario["eval"]["batch_size"])
             results.append({"id": pid, "accuracy": accuracy(labels, predictions),
                             "macro_precision": macro_precision(labels, predictions),
-                            "test_samples": len(labels),
-                            "trainable_params": trainable})
+                            "test_samples": len(labels), "trainable_params": trainable})
         return results
+
+    def checkpoint(self, tick: int) -> int:
+        """Write every participant changed since the last checkpoint; returns how many."""
+        if self.store is None:
+            return 0
+        for pid in sorted(self.dirty):
+            resident = self.participants.get(pid)
+            self.store.checkpoint(pid, tick, resident.state_dict(self.methods) if resident else None)
+        written, self.dirty = len(self.dirty), set()
+        return written
 
     def release(self, method_name: str) -> None:
         """Drop every participant's private state for a finished method."""

@@ -2,11 +2,14 @@
 those whose memory cannot hold the method and those unreachable this round, put the rest on
 the virtual clock, drop the ones that would miss the deadline (before running them: their
 update would be discarded anyway), run the others through an executor, validate the updates,
-aggregate, evaluate on schedule and record one metrics row.
+aggregate, evaluate on schedule, record one metrics row, and checkpoint on schedule.
 
 The executor decides where participants run: `LocalExecutor` (below) in this process, one
 after another; the Ray executor in actors/ on a pool of participant actors. Both run the same
 `ParticipantHost` code, so the results do not depend on which one is used.
+
+Nothing here keeps random state: every draw derives from (seed, participant, round, purpose),
+so a run resumed from a checkpoint continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -18,24 +21,34 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .aggregation import check_update
-from .dual_ligo import state_sha256
 from .devices import apply_deadline, is_available, sample_participants, simulated_time
+from .dual_ligo import state_sha256
 from .experiment import Experiment
 from .methods import get_method
 from .metrics import state_bytes
 from .participant import ParticipantHost
+from .training import derive_seed
+
+TICKS_PER_METHOD = 100_000  # checkpoint tick = method index * this + round
+
+
+def tick_of(method_index: int, round_number: int) -> int:
+    return method_index * TICKS_PER_METHOD + round_number
 
 
 class Executor(Protocol):
     nodes_used: int
 
     def train(self, method: str, round_number: int, pids: list[int], shared: dict | None,
-              sleep_s: dict[int, float] | None, on_done: Callable[[int], None]
-              ) -> tuple[list[dict], dict[int, str]]:
-        """Results per participant that finished, and {participant: reason} for failures."""
+              sleep_s: dict[int, float] | None, on_done: Callable[[int], None] | None,
+              kill_hosts: list[int]) -> tuple[list[dict], dict[int, str]]:
+        """Results per participant that finished, and {participant: reason} for failures.
+        `kill_hosts` (fault injection) names hosts that die while the round runs."""
 
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool
                  ) -> tuple[list[dict], dict[int, str]]: ...
+
+    def checkpoint(self, tick: int) -> None: ...
 
     def release(self, method: str) -> None: ...
 
@@ -46,10 +59,14 @@ class LocalExecutor:
 
     nodes_used = 1
 
-    def __init__(self, scenario: dict, data_path: str, device: str = "cpu"):
-        self.host = ParticipantHost(scenario, data_path, device)
+    def __init__(self, scenario: dict, data_path: str, device: str = "cpu", state_dir: str | None = None):
+        self._host_args = (scenario, data_path, device, state_dir)
+        self.host = ParticipantHost(*self._host_args)
 
-    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None):
+    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=()):
+        if kill_hosts:  # the only host dies: this round fails, a new one restores from checkpoints
+            self.host = ParticipantHost(*self._host_args)
+            return [], {pid: "host #0 killed by fault injection" for pid in pids}
         results = []
         for pid in pids:
             results += self.host.train(method, round_number, [pid], shared, sleep_s)
@@ -60,8 +77,26 @@ class LocalExecutor:
     def evaluate(self, method, pids, shared, final):
         return self.host.evaluate(method, pids, shared, final), {}
 
+    def checkpoint(self, tick):
+        self.host.checkpoint(tick)
+
     def release(self, method):
         self.host.release(method)
+
+
+def corrupt_update(update: dict, kind: str) -> dict:
+    """A broken copy of an update: what validation must catch (faults.bad_update)."""
+    update = {k: v.clone() for k, v in update.items()}
+    name = sorted(update)[0]
+    if kind in ("nan", "inf"):
+        update[name].view(-1)[0] = float(kind)
+    elif kind == "shape":
+        update[name] = update[name].reshape(-1)[:-1].clone()
+    elif kind == "name":
+        update[name + ".renamed"] = update.pop(name)
+    elif kind == "huge":
+        update[name] = update[name] * 1e6
+    return update
 
 
 def _mean(values):
@@ -76,11 +111,11 @@ def _std(values):
 
 class MethodRun:
     """The rounds of one method. `record(row)` receives each metrics row, `log(text)` notices,
-    `progress(event)` updates for a progress display."""
+    `progress(event)` updates for a progress display; `resume` is a snapshot to continue from."""
 
     def __init__(self, experiment: Experiment, method_name: str, executor: Executor,
                  record: Callable[[dict], None], log: Callable[[str], None],
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, resume: dict | None = None):
         self.exp, self.executor = experiment, executor
         self.method = get_method(method_name, experiment)
         self.record, self.log = record, log
@@ -89,9 +124,21 @@ class MethodRun:
         self.shared = self.method.initial_shared()
         self.shared_bytes = state_bytes(self.shared)
         self.shared_names: set[str] = set()
-        self.totals = {"bytes_up": 0, "bytes_down": 0, "sim_time_s": 0.0}
+        self.totals = {"bytes_up": 0, "bytes_down": 0, "sim_time_s": 0.0, "wall_s": 0.0}
         self.last_eval: dict | None = None
+        self.sampled: dict[int, list[int]] = {}
+        self.round = 0
         self._excluded_reason: dict[int, str | None] = {}
+        if resume is not None:
+            self.shared, self.round = resume["shared"], resume["round"]
+            self.shared_names = set(resume["shared_names"])
+            self.totals, self.last_eval = dict(resume["totals"]), resume["last_eval"]
+            self.sampled = {int(k): v for k, v in resume["sampled"].items()}
+
+    def snapshot(self) -> dict:
+        """What the driver checkpoints for this method after a round."""
+        return {"shared": self.shared, "round": self.round, "shared_names": sorted(self.shared_names),
+                "totals": dict(self.totals), "last_eval": self.last_eval, "sampled": dict(self.sampled)}
 
     # ---- who can take part --------------------------------------------------------------------
     def exclusion(self, pid: int) -> str | None:
@@ -147,10 +194,29 @@ class MethodRun:
                 "kept": kept, "missed_deadline": missed,
                 "not_needed": [p for p in late if p not in missed], "round_time_s": round_time}
 
+    def _lost_uploads(self, results: list[dict], round_number: int) -> list[dict]:
+        """Fault injection: uploads lost on the way, each with probability faults.drop_upload."""
+        p = self.scenario["faults"]["drop_upload"]
+        if not p:
+            return []
+        draw = lambda pid: np.random.default_rng(  # noqa: E731
+            derive_seed(self.exp.seed, pid, self.method.name, round_number, "drop-upload")).random()
+        return [r for r in results if r["update"] is not None and draw(r["id"]) < p]
+
+    def _corrupt(self, results: list[dict], round_number: int) -> None:
+        """Fault injection: participants that send a broken update (faults.bad_update)."""
+        for fault in self.scenario["faults"]["bad_update"]:
+            if fault["round"] != round_number or fault["method"] not in (None, self.method.name):
+                continue
+            for result in results:
+                if result["id"] == fault["participant"] and result["update"]:
+                    result["update"] = corrupt_update(result["update"], fault["kind"])
+
     def run_round(self, round_number: int, rounds: int) -> dict:
         start = time.perf_counter()
         plan = self.plan(round_number)
         kept, times = plan["kept"], plan["times"]
+        self.sampled[round_number] = plan["asked"]
         sleep_s = {p: times[p].total_s for p in kept} if self.scenario["hosts"]["sleep"] else None
         event = {"method": self.method.name, "round": round_number, "rounds": rounds, "phase": "start",
                  "running": len(kept), "done": 0, "accuracy": (self.last_eval or {}).get("accuracy")}
@@ -159,12 +225,24 @@ class MethodRun:
         def on_done(done):
             self.progress({**event, "phase": "train", "done": done})
 
+        kill = [f["host"] for f in self.scenario["faults"]["kill_host"]
+                if f["round"] == round_number and f["method"] in (None, self.method.name)]
         results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
-                                                sleep_s, on_done)
+                                                sleep_s, on_done, kill)
+        results.sort(key=lambda r: r["id"])  # arrival order varies; float sums must not
+        self._corrupt(results, round_number)
+        for result in results:
+            if result.get("restored"):
+                self.log(f"{self.method.name} round {round_number}: participant {result['id']} "
+                         f"restored from its checkpoint")
+        for lost in self._lost_uploads(results, round_number):
+            results.remove(lost)
+            failures[lost["id"]] = "upload lost (faults.drop_upload)"
+            self.shared_names.update(lost["update"])  # it left the participant all the same
         for pid, reason in sorted(failures.items()):
-            self.log(f"round {round_number}: participant {pid} failed: {reason}")
+            self.log(f"{self.method.name} round {round_number}: participant {pid} failed: {reason}")
         accepted, rejected = [], 0
-        for result in sorted(results, key=lambda r: r["id"]):
+        for result in results:
             update = result["update"]
             if update is None:
                 continue
@@ -172,17 +250,19 @@ class MethodRun:
             problem = check_update(update, self.shared, self.scenario["server"]["max_update_norm"])
             if problem:
                 rejected += 1
-                self.log(f"round {round_number}: update of participant {result['id']} rejected: {problem}")
+                self.log(f"{self.method.name} round {round_number}: update of participant "
+                         f"{result['id']} rejected: {problem}")
             else:
                 accepted.append((update, result["samples"]))
         if self.method.shares:
             if accepted:
                 self.shared = self.method.aggregate(self.shared, accepted)
             else:
-                self.log(f"round {round_number}: no update arrived in time; the shared state "
-                         f"is unchanged")
+                self.log(f"{self.method.name} round {round_number}: no update arrived in time; "
+                         f"the shared state is unchanged")
+        uploads = len(results) + sum(reason.startswith("upload lost") for reason in failures.values())
         bytes_down = self.shared_bytes * len(plan["reachable"])
-        bytes_up = self.shared_bytes * sum(r["update"] is not None for r in results)
+        bytes_up = self.shared_bytes * uploads if self.method.shares else 0
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         self.totals["sim_time_s"] += plan["round_time_s"]
@@ -190,8 +270,7 @@ class MethodRun:
         row = {
             "method": self.method.name, "round": round_number,
             "sampled": len(plan["asked"]), "completed": len(results),
-            "dropped_deadline": len(plan["missed_deadline"]),
-            "over_selected": len(plan["not_needed"]),
+            "dropped_deadline": len(plan["missed_deadline"]), "over_selected": len(plan["not_needed"]),
             "unavailable": len(plan["asked"]) - len(plan["excluded"]) - len(plan["reachable"]),
             "excluded_memory": len(plan["excluded"]), "failed": len(failures), "rejected": rejected,
             "aggregated": len(accepted), "bytes_up": bytes_up, "bytes_down": bytes_down,
@@ -199,10 +278,16 @@ class MethodRun:
             "train_loss": (float(np.average([r["train_loss"] for r in results], weights=samples))
                            if results and sum(samples) else None),
         }
+        hosts = [r["host_memory"] for r in results if r.get("host_memory")]
+        if hosts:
+            row["host_rss_mb_max"] = max(h["rss_mb"] for h in hosts)
+            row["host_gpu_mb_max"] = max(h["gpu_mb"] for h in hosts)
         if round_number == rounds or round_number % self.scenario["eval"]["every"] == 0:
             self.last_eval = self.evaluate(final=round_number == rounds)
             row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})
         row["wall_s"] = time.perf_counter() - start
+        self.totals["wall_s"] += row["wall_s"]
+        self.round = round_number
         self.record(row)
         self.progress({**event, "phase": "end", "done": len(results),
                        "accuracy": (self.last_eval or {}).get("accuracy")})
@@ -211,20 +296,22 @@ class MethodRun:
     def evaluate(self, final: bool) -> dict:
         pids = self.eval_participants()
         results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final)
+        results.sort(key=lambda r: r["id"])
         for pid, reason in sorted(failures.items()):
-            self.log(f"evaluation: participant {pid} failed: {reason}")
+            self.log(f"{self.method.name} evaluation: participant {pid} failed: {reason}")
         accuracies = [r["accuracy"] for r in results]
         return {"accuracy": _mean(accuracies), "accuracy_std": _std(accuracies),
                 "macro_precision": _mean([r["macro_precision"] for r in results]),
                 "participants": len(results),
-                "per_participant": sorted(results, key=lambda r: r["id"])}
+                "per_participant": results}
 
     # ---- the whole method ---------------------------------------------------------------------
-    def run(self) -> dict:
-        start = time.perf_counter()
-        rounds = self.scenario["rounds"]
-        for round_number in range(1, rounds + 1):
+    def run(self, checkpoint: Callable[["MethodRun"], None] | None = None) -> dict:
+        rounds, every = self.scenario["rounds"], self.scenario["checkpoint_every"]
+        for round_number in range(self.round + 1, rounds + 1):
             self.run_round(round_number, rounds)
+            if checkpoint and every and (round_number % every == 0 or round_number == rounds):
+                checkpoint(self)
         self.executor.release(self.method.name)
         final = self.last_eval or {}
         per_participant = final.get("per_participant", [])
@@ -234,21 +321,39 @@ class MethodRun:
             "trainable_params_per_participant": _mean([r["trainable_params"] for r in per_participant]),
             "shared_params": sum(t.numel() for t in (self.shared or {}).values()),
             "bytes_up_total": self.totals["bytes_up"], "bytes_down_total": self.totals["bytes_down"],
-            "sim_time_s": self.totals["sim_time_s"], "rounds": rounds,
-            "wall_s": time.perf_counter() - start,
+            "sim_time_s": self.totals["sim_time_s"], "rounds": rounds, "wall_s": self.totals["wall_s"],
             "per_participant_accuracy": {r["id"]: r["accuracy"] for r in per_participant},
             "shared_sha256": state_sha256(self.shared) if self.shared else None,
+            "shared_tensor_names": sorted(self.shared_names),
         }
 
 
-def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None) -> dict:
+def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None,
+                   save_checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> dict:
     """Every method of the scenario, one after another, on the same participants and data.
-    Returns the summary (see outputs.write_summary)."""
-    methods, shared_names = {}, set()
-    for name in experiment.scenario["methods"]:
-        run = MethodRun(experiment, name, executor, record, log, progress)
-        methods[name] = run.run()
-        shared_names |= run.shared_names
-    return {"scenario": experiment.scenario["name"], "seed": experiment.seed, "methods": methods,
-            "shared_tensor_names": sorted(shared_names), "nodes_used": executor.nodes_used,
-            "global_ligo_sha256": methods.get("fedgrow", {}).get("shared_sha256")}
+
+    `save_checkpoint(state)` is called on the scenario's checkpoint schedule, after the hosts
+    have written their participants; `resume` is such a state to continue from. Returns the
+    summary (see outputs.RunFolder.finish)."""
+    summaries = dict(resume["summaries"]) if resume else {}
+    for index, name in enumerate(experiment.scenario["methods"]):
+        if name in summaries:
+            continue
+        snapshot = resume if resume and resume["method"] == name else None
+        run = MethodRun(experiment, name, executor, record, log, progress, snapshot)
+
+        def checkpoint(run, index=index, name=name):
+            tick = tick_of(index, run.round)
+            executor.checkpoint(tick)
+            if save_checkpoint:
+                save_checkpoint({**run.snapshot(), "method": name, "method_index": index,
+                                 "tick": tick, "summaries": summaries})
+
+        summaries[name] = run.run(checkpoint)
+    shared_names = sorted({n for s in summaries.values() for n in s["shared_tensor_names"]})
+    return {"scenario": experiment.scenario["name"], "seed": experiment.seed,
+            "methods": {name: {k: v for k, v in s.items() if k != "shared_tensor_names"}
+                        for name, s in summaries.items()},
+            "shared_tensor_names": shared_names, "nodes_used": executor.nodes_used,
+            "global_ligo_sha256": summaries.get("fedgrow", {}).get("shared_sha256")}

@@ -21,6 +21,7 @@ from fedgrow_ray.participant import ParticipantHost
 from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
+MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max"}  # measurements, not results
 
 @pytest.fixture(scope="module")
 def ray_session():
@@ -56,7 +57,7 @@ def test_only_global_ligo_leaves_a_participant(ray_session, cache, tmp_path):
     # returns; compare with participant 0's private state, rebuilt here (it is deterministic).
     experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
     shared = get_method("fedgrow", experiment).initial_shared()
-    actor = ParticipantActor.options(num_cpus=1).remote(scenario, cache, 0, False)
+    actor = ParticipantActor.options(num_cpus=1).remote(scenario, cache, str(tmp_path / "state"), 0, False)
     returned = ray_session.get(actor.train.remote("fedgrow", 1, [0], [ray_session.put(shared)]))
     tensors = []
 
@@ -94,7 +95,7 @@ def test_same_seed_same_results_on_ray_and_in_process(ray_session, cache, tmp_pa
     assert local["global_ligo_sha256"] == summary["global_ligo_sha256"]
     for a, b in zip(rows, local_rows, strict=True):
         assert a.keys() == b.keys()
-        for key in a.keys() - {"wall_s"}:
+        for key in a.keys() - MEASURED:
             expected = pytest.approx(b[key], rel=1e-6, abs=1e-9) if isinstance(b[key], float) else b[key]
             assert a[key] == expected, key
 

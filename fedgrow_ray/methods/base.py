@@ -22,9 +22,14 @@ class Finetuned:
 
 
 class Method:
-    """Subclasses set `name` and implement setup / train / logits_fn / final_model /
-    trainable_params / round_flops / memory_mb; methods that exchange state also implement
-    initial_shared (and keep the default FedAvg-style aggregate)."""
+    """Subclasses set `name` and implement new_state / modules / train / logits_fn /
+    final_model / trainable_params / round_flops / memory_mb (and setup when a participant
+    trains something before its first round); methods that exchange state also implement
+    initial_shared (and keep the default FedAvg-style aggregate).
+
+    A participant's private state for a method is an object with an `optimiser` attribute and
+    the modules `modules(state)` names; that is all that is saved when it is spilled to disk or
+    checkpointed, and `new_state` followed by loading those restores it exactly."""
 
     name: str = ""
     shares: bool = False
@@ -43,9 +48,35 @@ class Method:
         return get_aggregator(server["aggregator"])(updates, **options)
 
     # ---- participant side ---------------------------------------------------------------------
-    def setup(self, participant):
-        """Create this method's private state for a participant (first time it is used)."""
+    def new_state(self, participant):
+        """This method's private state for a participant, untrained."""
         raise NotImplementedError
+
+    def modules(self, state) -> dict[str, nn.Module]:
+        """The modules of a state whose weights make up the private state (with the optimiser)."""
+        raise NotImplementedError
+
+    def setup(self, participant):
+        """The private state at a participant's first use (by default, untrained)."""
+        return self.new_state(participant)
+
+    def state_dict(self, state) -> dict:
+        if isinstance(state, Finetuned):
+            return {"finetuned": state.model.state_dict(), "trainable_params": state.trainable_params,
+                    "shape": self.experiment.family.shape_of(state.model).as_dict()}
+        saved = {name: module.state_dict() for name, module in self.modules(state).items()}
+        return {**saved, "optimiser": state.optimiser.state_dict()}
+
+    def load_state(self, participant, saved: dict):
+        if "finetuned" in saved:
+            model = self.experiment.family.build(Shape(**saved["shape"]))
+            model.load_state_dict(saved["finetuned"])
+            return Finetuned(model.to(participant.device).eval(), saved["trainable_params"])
+        state = self.new_state(participant)
+        for name, module in self.modules(state).items():
+            module.load_state_dict(saved[name])
+        state.optimiser.load_state_dict(saved["optimiser"])
+        return state
 
     def train(self, participant, state, shared: dict | None, round_number: int
               ) -> tuple[dict | None, float]:

@@ -53,9 +53,12 @@ class LocalSmall(Method):
 
     name = "local_small"
 
-    def setup(self, participant):
+    def new_state(self, participant):
         model = copy.deepcopy(participant.small_model).requires_grad_(True)
         return ModelState(model, self.optimiser(model.parameters()))
+
+    def modules(self, state):
+        return {"model": state.model}
 
     def train(self, participant, state, shared, round_number):
         state.model.train()
@@ -91,9 +94,12 @@ class FedAvgScratch(Method):
         model = exp.family.build(exp.target, seed=derive_seed(exp.seed, "target-init"))
         return {MODEL_PREFIX + k: v.detach() for k, v in model.named_parameters()}
 
-    def setup(self, participant):
+    def new_state(self, participant):
         model = self.experiment.family.build(self.experiment.target).to(participant.device)
         return ModelState(model, self.optimiser(model.parameters()))
+
+    def modules(self, state):
+        return {"model": state.model}
 
     def _load(self, model: nn.Module, shared) -> None:
         with torch.no_grad():

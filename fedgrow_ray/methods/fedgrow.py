@@ -37,20 +37,27 @@ class FedGrow(Method):
         return {GLOBAL_PREFIX + k: v.detach() for k, v in ligo.state_dict().items()}
 
     # ---- participant side ---------------------------------------------------------------------
-    def setup(self, participant) -> GrowthState:
+    def new_state(self, participant) -> GrowthState:
         exp = self.experiment
         dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, **exp.ligo_options,
                         seed=derive_seed(exp.seed, participant.id, "ligo-init")).to(participant.device)
-        steps = self.training["local_stage_steps"]
-        if steps:  # the local stage: Local-LiGO alone, on the intermediate model; nothing is sent
-            dual.train()
-            local = self.optimiser(dual.local_ligo.parameters())
-            self.local_training(participant, lambda b: dual(b, stage="intermediate").loss, local,
-                                steps, "local-stage")
         trained = list(dual.global_ligo.parameters())
         if self.training["joint_local"]:
             trained += list(dual.local_ligo.parameters())
         return GrowthState(dual, self.optimiser(trained))
+
+    def modules(self, state: GrowthState):
+        return {"local_ligo": state.dual.local_ligo, "global_ligo": state.dual.global_ligo}
+
+    def setup(self, participant) -> GrowthState:
+        state = self.new_state(participant)
+        steps = self.training["local_stage_steps"]
+        if steps:  # the local stage: Local-LiGO alone, on the intermediate model; nothing is sent
+            dual = state.dual.train()
+            local = self.optimiser(dual.local_ligo.parameters())
+            self.local_training(participant, lambda b: dual(b, stage="intermediate").loss, local,
+                                steps, "local-stage")
+        return state
 
     def train(self, participant, state: GrowthState, shared, round_number):
         dual = state.dual

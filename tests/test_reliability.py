@@ -1,0 +1,228 @@
+"""Faults, exact resume, rejected updates and bad input, with a real local Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import launch
+from conftest import TINY, tiny
+from fedgrow_ray.outputs import RunFolder
+from test_simulator import MEASURED, cache, ray_session, simulate  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def same_results(rows_a, rows_b):
+    assert len(rows_a) == len(rows_b)
+    for a, b in zip(rows_a, rows_b):
+        for key in a.keys() - MEASURED:
+            expected = pytest.approx(b[key], rel=1e-6, abs=1e-9) if isinstance(b[key], float) else b[key]
+            assert a[key] == expected, (a["method"], a["round"], key)
+
+
+def wait_for_rows(path: Path, count: int, timeout: float = 300.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{path} did not reach {count} rows")
+
+
+def named_actor(ray, prefix: str, timeout: float = 60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(prefix)]
+        if names:
+            return ray.get_actor(sorted(names)[-1])
+        time.sleep(0.2)
+    raise TimeoutError(prefix)
+
+
+def run_in_thread(ray, scenario, cache, folder, resume=False):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["summary"] = launch.run_with_ray(ray, scenario, cache, folder,
+                                                     launch.Progress(open(os.devnull, "w")), resume)
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def test_resume_after_the_driver_dies_is_exact(ray_session, cache, tmp_path):
+    scenario = tiny("rounds=4", "methods=[fedgrow, local_small]")
+    reference, reference_rows, _ = simulate(ray_session, scenario, cache, tmp_path / "whole")
+
+    folder = RunFolder.create(tmp_path / "broken", scenario)
+    thread, outcome = run_in_thread(ray_session, scenario, cache, folder)
+    wait_for_rows(folder.path / "metrics.jsonl", 3)       # fedgrow round 3 is done
+    ray_session.kill(named_actor(ray_session, "fedgrow-driver-"))
+    thread.join(120)
+    assert "ActorDied" in type(outcome.get("error")).__name__ or "RayActorError" in type(outcome.get("error")).__mro__[1].__name__
+    assert (folder.path / "checkpoint.pt").is_file()
+
+    resumed, _, state = RunFolder.for_resume(folder.path)
+    assert state["method"] == "fedgrow" and state["round"] >= 3
+    summary = launch.run_with_ray(ray_session, scenario, cache, resumed,
+                                  launch.Progress(open(os.devnull, "w")), resume=True)
+    assert summary["global_ligo_sha256"] == reference["global_ligo_sha256"]
+    for name in ("fedgrow", "local_small"):
+        assert summary["methods"][name]["accuracy_mean"] == reference["methods"][name]["accuracy_mean"]
+    same_results(resumed.metrics(), reference_rows)
+    assert "resuming after fedgrow round" in (folder.path / "events.log").read_text()
+
+
+def test_ctrl_c_then_resume_from_the_command_line(ray_session, cache, tmp_path):
+    scenario_file = tmp_path / "tiny.yaml"
+    scenario_file.write_text(yaml.safe_dump({**TINY, "rounds": 4}))
+    reference, reference_rows, _ = simulate(ray_session, tiny("rounds=4"), cache, tmp_path / "whole")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "launch.py"), "--cache", cache]
+    running = subprocess.Popen(command + [str(scenario_file), "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_rows(out / "metrics.jsonl", 2)
+        running.send_signal(signal.SIGINT)
+        _, err = running.communicate(timeout=120)
+    finally:
+        running.kill()
+    assert running.returncode == 1 and "resume with: python launch.py --resume" in err
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+    done = subprocess.run(command + ["--resume", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_ligo_sha256"] == reference["global_ligo_sha256"]
+    same_results([json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()], reference_rows)
+
+
+def test_a_killed_participant_actor_is_restarted_and_its_participants_return(ray_session, cache, tmp_path):
+    scenario = tiny("rounds=4", "faults.kill_host=[{host: 0, round: 2}]")
+    summary, rows, folder = simulate(ray_session, scenario, cache, tmp_path / "run")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert (rows[1]["failed"], rows[1]["completed"], rows[1]["aggregated"]) == (3, 3, 3)  # 0, 2, 4 were on host 0
+    assert all(r["completed"] == 6 and r["failed"] == 0 for r in rows[2:])
+    log = (folder.path / "events.log").read_text()
+    assert "host #0 (node" in log and "died: killed by fault injection" in log
+    assert "held participants [0, 2, 4]" in log and "host #0 restarted" in log
+    for pid in (0, 2, 4):  # back in round 3 with the private state of their round-1 checkpoint
+        assert f"fedgrow round 3: participant {pid} restored from its checkpoint" in log
+    assert summary["methods"]["fedgrow"]["accuracy_mean"] is not None
+
+
+def test_ray_kill_of_a_participant_actor_from_outside(ray_session, cache, tmp_path):
+    scenario = tiny("rounds=4")
+    folder = RunFolder.create(tmp_path / "run", scenario)
+    thread, outcome = run_in_thread(ray_session, scenario, cache, folder)
+    wait_for_rows(folder.path / "metrics.jsonl", 1)
+    ray_session.kill(named_actor(ray_session, "fedgrow-host-"), no_restart=False)
+    thread.join(300)
+    assert "summary" in outcome, outcome
+    rows = folder.metrics()
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert "restored from its checkpoint" in (folder.path / "events.log").read_text()
+
+
+def test_broken_updates_are_rejected_and_global_ligo_stays_finite(ray_session, cache, tmp_path):
+    faults = ("faults.bad_update=[{participant: 1, round: 1, kind: nan}, {participant: 2, round: 1, kind: shape},"
+              " {participant: 3, round: 2, kind: inf}, {participant: 4, round: 2, kind: name},"
+              " {participant: 5, round: 2, kind: huge}]")
+    summary, rows, folder = simulate(ray_session, tiny(faults, "server.max_update_norm=1000"), cache,
+                                     tmp_path / "run")
+    assert [(r["rejected"], r["aggregated"]) for r in rows] == [(2, 4), (3, 3)]
+    log = (folder.path / "events.log").read_text()
+    assert "update of participant 1 rejected" in log and "NaN" in log
+    assert "update of participant 2 rejected" in log and "shape" in log
+    assert "update of participant 5 rejected" in log and "norm" in log
+    shared = torch.load(folder.path / "checkpoint.pt", weights_only=True)["shared"]
+    assert all(torch.isfinite(t).all() for t in shared.values())
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean"])
+def test_robust_aggregators_run(tmp_path, aggregator):
+    out = tmp_path / "run"
+    assert launch.main(["--executor", "local", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                        "--set", f"server.aggregator={aggregator}", "--set", "rounds=1",
+                        "--set", "participants=4", "--set", "training.pretrain_steps=5"]) == 0
+    assert json.loads((out / "summary.json").read_text())["global_ligo_sha256"]
+
+
+def _files_scenario(tmp_path, train_text: str, **files) -> list[str]:
+    train = tmp_path / "train.csv"
+    train.write_text(train_text)
+    spec = {"source": "files", "files": {"train": str(train), "text_column": "text", **files}}
+    return ["--set", f"data={json.dumps(spec)}"]
+
+
+def _completed_run(tmp_path):
+    out = tmp_path / "done"
+    assert launch.main(["--executor", "local", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                        "--set", "rounds=1", "--set", "participants=2", "--set", "training.pretrain_steps=2"]) == 0
+    return out
+
+
+def _broken(tmp_path, damage):
+    out = tmp_path / "broken"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(tiny()))
+    (out / "status.json").write_text('{"status": "failed"}')
+    damage(out)
+    return out
+
+
+BAD_INPUT = [
+    ("data file missing", lambda t: ["--set", "data={source: files, files: {train: /nowhere/train.csv, text_column: text}}"],
+     "/nowhere/train.csv"),
+    ("column missing", lambda t: _files_scenario(t, "sentence,label\n" + "hello world,0\n" * 20),
+     "'text'"),
+    ("empty file", lambda t: _files_scenario(t, "text,label\n"), "train.csv has no rows"),
+    ("label out of range", lambda t: _files_scenario(t, "text,label\n" + "a b,0\nc d,1\n" * 10 + "e f,7\n")
+     + ["--set", "data.num_classes=2"], "7"),
+    ("unknown data key", lambda t: ["--set", "data.partition.alfa=0.5"], "alfa"),
+    ("negative learning rate", lambda t: ["--set", "training.lr=-0.1"], "'training.lr'"),
+    ("fault after the last round", lambda t: ["--set", "faults.kill_host=[{host: 0, round: 99}]"],
+     "'faults.kill_host[0].round': 99 is after the last round"),
+    ("bad fault kind", lambda t: ["--set", "faults.bad_update=[{participant: 0, round: 1, kind: zeros}]"],
+     "'faults.bad_update[0].kind': 'zeros' is not allowed"),
+    ("resume: not a run folder", lambda t: ["--resume", str(t)], "is not a run folder (no config.yaml)"),
+    ("resume: completed run", lambda t: ["--resume", str(_completed_run(t))], "is a completed run"),
+    ("resume: no checkpoint", lambda t: ["--resume", str(_broken(t, lambda d: None))], "has no checkpoint.pt"),
+    ("resume: corrupted checkpoint",
+     lambda t: ["--resume", str(_broken(t, lambda d: (d / "checkpoint.pt").write_bytes(b"not a checkpoint")))],
+     "checkpoint.pt is unreadable"),
+    ("resume: scenario changed",
+     lambda t: ["--resume", str(_broken(t, lambda d: torch.save({"scenario_sha256": "0" * 64}, d / "checkpoint.pt")))],
+     "was written for a different scenario"),
+]
+
+
+@pytest.mark.parametrize("name, make_args, message", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys, name, make_args, message):
+    args = make_args(tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "new-run"
+    extra = [] if "--resume" in args else ["--out", str(out)]
+    assert launch.main(args + extra + ["--cache", str(tmp_path / "cache"), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_resume_takes_only_the_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        launch.main(["--resume", str(tmp_path), "--set", "rounds=3"])
+    assert exit_.value.code == 2 and "--resume takes the run folder only" in capsys.readouterr().err
