@@ -90,9 +90,16 @@ def start_ray(address: str | None):
     import ray
 
     if address:
-        ray.init(address=address, log_to_driver=False,
-                 runtime_env={"working_dir": str(ROOT),
-                              "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]})
+        import json
+
+        runtime_env = {"working_dir": str(ROOT),
+                       "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]}
+        # Run as a Ray job that ships the code itself (ray job submit --working-dir, a RayJob's
+        # runtimeEnvYAML): its workers already get that working_dir, and a second one is refused.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        if (job.get("runtime_env") or {}).get("working_dir"):
+            runtime_env = None
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
         # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

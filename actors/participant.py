@@ -46,8 +46,8 @@ class ParticipantActor:
     def train(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None):
         return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s)
 
-    def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool):
-        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final)
+    def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None):
+        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject)
 
     def checkpoint(self, tick: int) -> int:
         return self.host.checkpoint(tick)

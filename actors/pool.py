@@ -36,7 +36,9 @@ def actor_options(scenario: dict, cluster_gpus: float, log) -> dict:
             f"(num_gpus set to 0)")
         num_gpus = 0
     options = {"num_cpus": hosts["num_cpus"], "num_gpus": num_gpus,
-               "max_restarts": MAX_RESTARTS, "max_task_retries": 0}
+               "max_restarts": MAX_RESTARTS, "max_task_retries": 0,
+               # spread: hosts on as many nodes as possible; pack: Ray's default, filling nodes
+               "scheduling_strategy": "SPREAD" if hosts["placement"] == "spread" else "DEFAULT"}
     if hosts["memory_mb"]:
         options["memory"] = int(hosts["memory_mb"] * 2**20)
     return options
@@ -106,23 +108,23 @@ class RayExecutor:
             done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 for ref in pending:
-                    failures[calls[ref]] = f"no answer within hosts.round_timeout_s={self.timeout_s:.0f} s"
+                    failures.update({pid: f"no answer within hosts.round_timeout_s={self.timeout_s:.0f} s"
+                                     for pid in calls[ref][1]})
                 break
-            pid = calls[done[0]]
-            index = self.host_of(pid)
+            index, pids = calls[done[0]]
             try:
                 answer = ray.get(done[0])
                 results += answer
                 self.used_nodes.add(self.info[index]["node_id"])
                 self.last_memory[index] = answer[-1].get("host_memory") or self.last_memory[index]
             except RayActorError as err:
-                failures[pid] = f"host #{index} died"
+                failures.update({pid: f"host #{index} died" for pid in pids})
                 self.restarting.add(index)
                 if index not in reported:
                     reported.add(index)
                     self.log(self._death(index, err))
             except RayTaskError as err:
-                failures[pid] = f"error on host #{index}: {err.cause!r}"
+                failures.update({pid: f"error on host #{index}: {err.cause!r}" for pid in pids})
             if on_done:
                 on_done(len(results))
         return results, failures
@@ -148,21 +150,25 @@ class RayExecutor:
         self._await_restarts()
         shared_ref = [ray.put(shared)] if shared is not None else [None]
         calls = {}
-        for pid in pids:
-            self.held[self.host_of(pid)].add(pid)
-            calls[self.actors[self.host_of(pid)].train.remote(
-                method, round_number, [pid], shared_ref, sleep_s)] = pid
+        for pid in pids:  # one call per participant: progress per participant, sticky hosts
+            index = self.host_of(pid)
+            self.held[index].add(pid)
+            calls[self.actors[index].train.remote(method, round_number, [pid], shared_ref, sleep_s)] = (index, [pid])
         for index in kill_hosts:  # fault injection: the host dies while the round runs
             if index < len(self.actors):
                 self.killed.add(index)
                 ray.kill(self.actors[index], no_restart=False)
         return self._gather(calls, on_done)
 
-    def evaluate(self, method, pids, shared, final):
+    def evaluate(self, method, pids, shared, final, subject=None):
         self._await_restarts()
         shared_ref = [ray.put(shared)] if shared is not None else [None]
-        calls = {self.actors[self.host_of(pid)].evaluate.remote(method, [pid], shared_ref, final): pid
-                 for pid in pids}
+        if subject is not None:  # one model (the centralized trainer's) on every test split
+            index = self.host_of(subject)
+            return self._gather({self.actors[index].evaluate.remote(
+                method, pids, shared_ref, final, subject): (index, list(pids))})
+        calls = {self.actors[self.host_of(pid)].evaluate.remote(method, [pid], shared_ref, final):
+                 (self.host_of(pid), [pid]) for pid in pids}
         return self._gather(calls)
 
     def _each_host(self, call: str, *args) -> list:

@@ -216,6 +216,7 @@ SCHEMA = {
         "num_gpus": (number(0.0), 0.0),
         "memory_mb": (number(above=0, optional=True), None),
         "max_resident": (integer(1, optional=True), None),
+        "placement": (choice(("spread", "pack")), "spread"),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
     },

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .config import family_of_scenario
-from .data import PreparedData, prepare_data
+from .data import ParticipantData, PreparedData, prepare_data
 from .devices import (DeviceProfile, activation_values_per_sample, device_profile, fit_shape,
                       step_flops, training_memory_mb)
 from .dual_ligo import count_parameters
@@ -22,6 +22,9 @@ from .training import derive_seed
 
 
 DEFAULT_CACHE = Path("~/.cache/fedgrow_ray/data")
+# The centralized baseline's single trainer: all participants' training data pooled in one
+# place, the largest small shape, a reference device without limits.
+CENTER = -1
 
 
 def prepare_scenario_data(scenario: dict, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
@@ -54,7 +57,24 @@ class Experiment:
 
     @functools.lru_cache(maxsize=None)
     def profile(self, pid: int) -> DeviceProfile:
+        if pid == CENTER:
+            return DeviceProfile(1.0, float("inf"), float("inf"), 1.0)
         return device_profile(self.scenario["devices"], pid, self.seed)
+
+    def participant_data(self, pid: int) -> ParticipantData:
+        if pid == CENTER:
+            return ParticipantData(self.data.pooled_train, self.data.global_test)
+        return self.data.participant(pid)
+
+    @property
+    def trainers_per_round(self) -> int:
+        """How many participants a round asks to train (before over-selection)."""
+        sampling, n = self.scenario["sampling"], self.scenario["participants"]
+        if sampling["count"]:
+            return sampling["count"]
+        if sampling["fraction"]:
+            return max(1, int(sampling["fraction"] * n + 0.5))
+        return n
 
     def preferred_shape(self, pid: int) -> Shape:
         """The ladder rung a participant is given before its memory budget is considered."""
@@ -71,6 +91,8 @@ class Experiment:
     def small_shape(self, pid: int) -> tuple[Shape | None, str]:
         """The participant's small shape: its preferred rung, or a smaller rung that fits its
         memory budget; (None, reason) when none fits."""
+        if pid == CENTER:
+            return max(self.ladder, key=self.params), "the centralized trainer takes the largest rung"
         preferred = self.preferred_shape(pid)
         if self.checkpoint_path(pid) is not None:
             candidates = [preferred]

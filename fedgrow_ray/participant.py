@@ -36,7 +36,7 @@ class Participant:
             raise ValueError(f"participant {pid} cannot hold any small shape: {reason}")
         self.id, self.shape, self.device = pid, shape, device
         self.experiment = experiment
-        self.data = experiment.data.participant(pid)
+        self.data = experiment.participant_data(pid)
         self.method_state: dict[str, object] = {}
         self._small_model = None
 
@@ -261,25 +261,28 @@ class ParticipantHost:
         return {"rss_mb": psutil.Process().memory_info().rss / 2**20, "gpu_mb": gpu / 2**20}
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
-                 final: bool = False) -> list[dict]:
+                 final: bool = False, subject: int | None = None) -> list[dict]:
         """Each participant's accuracy and macro precision on its own test split, with the
-        current shared state; `final` first applies the method's end-of-run step (e.g. local
-        fine-tuning of the grown model)."""
+        current shared state and its own model, or `subject`'s model (the centralized
+        trainer's); `final` first applies the method's end-of-run step (e.g. local fine-tuning
+        of the grown model), once per model."""
         method = self.method(method_name)
-        results = []
+        results, trainable = [], {}
         for pid in pids:
-            participant = self.participant(pid)
-            state = self._state(method, participant)
-            trainable = method.trainable_params(participant, state)
-            if final:
-                participant.seed_torch(method.name, "finish")
-                state = participant.method_state[method.name] = method.finish(participant, state, shared)
-                self.dirty.add(pid)
-            labels, predictions = method.predict(participant, state, shared, participant.data.test,
+            owner = self.participant(pid if subject is None else subject)
+            state = self._state(method, owner)
+            if owner.id not in trainable:
+                trainable[owner.id] = method.trainable_params(owner, state)
+                if final:
+                    owner.seed_torch(method.name, "finish")
+                    state = owner.method_state[method.name] = method.finish(owner, state, shared)
+                    self.dirty.add(owner.id)
+            test = owner.data.test if subject is None else self.experiment.participant_data(pid).test
+            labels, predictions = method.predict(owner, state, shared, test,
                                                  self.experiment.scenario["eval"]["batch_size"])
             results.append({"id": pid, "accuracy": accuracy(labels, predictions),
                             "macro_precision": macro_precision(labels, predictions),
-                            "test_samples": len(labels), "trainable_params": trainable})
+                            "test_samples": len(labels), "trainable_params": trainable[owner.id]})
         return results
 
     def checkpoint(self, tick: int) -> int:

@@ -20,10 +20,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .aggregation import check_update
 from .devices import apply_deadline, is_available, sample_participants, simulated_time
 from .dual_ligo import state_sha256
-from .experiment import Experiment
+from .experiment import CENTER, Experiment
 from .methods import get_method
 from .metrics import state_bytes
 from .participant import ParticipantHost
@@ -45,8 +44,9 @@ class Executor(Protocol):
         """Results per participant that finished, and {participant: reason} for failures.
         `kill_hosts` (fault injection) names hosts that die while the round runs."""
 
-    def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool
-                 ) -> tuple[list[dict], dict[int, str]]: ...
+    def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
+                 subject: int | None = None) -> tuple[list[dict], dict[int, str]]:
+        """Each participant's test split with its own model, or with `subject`'s."""
 
     def checkpoint(self, tick: int) -> None: ...
 
@@ -74,8 +74,8 @@ class LocalExecutor:
                 on_done(len(results))
         return results, {}
 
-    def evaluate(self, method, pids, shared, final):
-        return self.host.evaluate(method, pids, shared, final), {}
+    def evaluate(self, method, pids, shared, final, subject=None):
+        return self.host.evaluate(method, pids, shared, final, subject), {}
 
     def checkpoint(self, tick):
         self.host.checkpoint(tick)
@@ -122,7 +122,11 @@ class MethodRun:
         self.progress = progress or (lambda event: None)
         self.scenario = experiment.scenario
         self.shared = self.method.initial_shared()
-        self.shared_bytes = state_bytes(self.shared)
+        # Download accounting: a participant receives the shared tensors that changed since the
+        # version it last received (the frozen intermediate model of the reference-code
+        # protocol, say, only once).
+        self.changed_round = {name: 0 for name in self.shared or {}}
+        self.received: dict[int, int] = {}
         self.shared_names: set[str] = set()
         self.totals = {"bytes_up": 0, "bytes_down": 0, "sim_time_s": 0.0, "wall_s": 0.0}
         self.last_eval: dict | None = None
@@ -134,15 +138,24 @@ class MethodRun:
             self.shared_names = set(resume["shared_names"])
             self.totals, self.last_eval = dict(resume["totals"]), resume["last_eval"]
             self.sampled = {int(k): v for k, v in resume["sampled"].items()}
+            self.changed_round, self.received = dict(resume["changed_round"]), dict(resume["received"])
 
     def snapshot(self) -> dict:
         """What the driver checkpoints for this method after a round."""
         return {"shared": self.shared, "round": self.round, "shared_names": sorted(self.shared_names),
-                "totals": dict(self.totals), "last_eval": self.last_eval, "sampled": dict(self.sampled)}
+                "totals": dict(self.totals), "last_eval": self.last_eval, "sampled": dict(self.sampled),
+                "changed_round": dict(self.changed_round), "received": dict(self.received)}
+
+    def download_bytes(self, pid: int) -> int:
+        have = self.received.get(pid, -1)
+        return sum(t.numel() * t.element_size() for name, t in (self.shared or {}).items()
+                   if self.changed_round[name] > have)
 
     # ---- who can take part --------------------------------------------------------------------
     def exclusion(self, pid: int) -> str | None:
         """Why a participant cannot run this method (memory), or None; logged once."""
+        if self.method.centralized:  # participants only lend their test splits
+            return None
         if pid not in self._excluded_reason:
             shape, reason = self.exp.small_shape(pid)
             if shape is None:
@@ -169,6 +182,12 @@ class MethodRun:
     # ---- one round ----------------------------------------------------------------------------
     def plan(self, round_number: int) -> dict:
         """Who is asked, who is set aside and why, and each runner's simulated time."""
+        if self.method.centralized:
+            time_ = simulated_time(self.exp.profile(CENTER), self.method.round_flops(None), 0, 0,
+                                   self.scenario["devices"]["reference_gflops"])
+            return {"asked": [CENTER], "excluded": [], "reachable": [CENTER], "times": {CENTER: time_},
+                    "kept": [CENTER], "missed_deadline": [], "not_needed": [],
+                    "round_time_s": time_.total_s}
         sampling, seed = self.scenario["sampling"], self.exp.seed
         asked = sample_participants(self.exp.participant_ids, round_number, seed,
                                     fraction=sampling["fraction"], count=sampling["count"],
@@ -180,7 +199,7 @@ class MethodRun:
         for pid in reachable:
             shape, _ = self.exp.small_shape(pid)
             times[pid] = simulated_time(self.exp.profile(pid), self.method.round_flops(shape),
-                                        self.shared_bytes, self.shared_bytes,
+                                        self.method.upload_bytes(self.shared), self.download_bytes(pid),
                                         self.scenario["devices"]["reference_gflops"])
         keep_first = None
         if sampling["over_selection"] > 1.0:
@@ -235,10 +254,11 @@ class MethodRun:
             if result.get("restored"):
                 self.log(f"{self.method.name} round {round_number}: participant {result['id']} "
                          f"restored from its checkpoint")
-        for lost in self._lost_uploads(results, round_number):
-            results.remove(lost)
-            failures[lost["id"]] = "upload lost (faults.drop_upload)"
-            self.shared_names.update(lost["update"])  # it left the participant all the same
+        lost = self._lost_uploads(results, round_number)
+        for lost_upload in lost:
+            results.remove(lost_upload)
+            failures[lost_upload["id"]] = "upload lost (faults.drop_upload)"
+            self.shared_names.update(lost_upload["update"])  # it left the participant all the same
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} round {round_number}: participant {pid} failed: {reason}")
         accepted, rejected = [], 0
@@ -247,22 +267,25 @@ class MethodRun:
             if update is None:
                 continue
             self.shared_names.update(update)
-            problem = check_update(update, self.shared, self.scenario["server"]["max_update_norm"])
+            problem = self.method.check(update, self.shared, self.scenario["server"]["max_update_norm"])
             if problem:
                 rejected += 1
                 self.log(f"{self.method.name} round {round_number}: update of participant "
                          f"{result['id']} rejected: {problem}")
             else:
                 accepted.append((update, result["samples"]))
+        bytes_down = sum(self.download_bytes(pid) for pid in plan["reachable"])
+        for pid in plan["reachable"]:
+            self.received[pid] = round_number - 1
         if self.method.shares:
             if accepted:
-                self.shared = self.method.aggregate(self.shared, accepted)
+                aggregated = self.method.aggregate(self.shared, accepted)
+                self.shared = {**self.shared, **aggregated}
+                self.changed_round.update({name: round_number for name in aggregated})
             else:
                 self.log(f"{self.method.name} round {round_number}: no update arrived in time; "
                          f"the shared state is unchanged")
-        uploads = len(results) + sum(reason.startswith("upload lost") for reason in failures.values())
-        bytes_down = self.shared_bytes * len(plan["reachable"])
-        bytes_up = self.shared_bytes * uploads if self.method.shares else 0
+        bytes_up = sum(state_bytes(r["update"]) for r in results + lost)
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         self.totals["sim_time_s"] += plan["round_time_s"]
@@ -295,7 +318,8 @@ class MethodRun:
 
     def evaluate(self, final: bool) -> dict:
         pids = self.eval_participants()
-        results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final)
+        results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final,
+                                                   CENTER if self.method.centralized else None)
         results.sort(key=lambda r: r["id"])
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} evaluation: participant {pid} failed: {reason}")

@@ -8,8 +8,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+import launch
+
 from fedgrow_ray.config import resolve_scenario
 from fedgrow_ray.models import get_family
+from fedgrow_ray.outputs import RunFolder
 
 
 @pytest.fixture
@@ -62,3 +65,26 @@ TINY = {
 
 def tiny(*overrides):
     return resolve_scenario(TINY, list(overrides))
+
+
+MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max"}  # measurements, not results
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data-cache"))
+
+
+def simulate(ray, scenario, cache, out):
+    folder = RunFolder.create(out, scenario)
+    summary = launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
+    return summary, folder.metrics(), folder

@@ -14,9 +14,8 @@ import torch
 import yaml
 
 import launch
-from conftest import TINY, tiny
+from conftest import MEASURED, TINY, simulate, tiny
 from fedgrow_ray.outputs import RunFolder
-from test_simulator import MEASURED, cache, ray_session, simulate  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 

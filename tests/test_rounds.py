@@ -10,11 +10,6 @@ from fedgrow_ray.rounds import LocalExecutor, MethodRun
 from conftest import tiny
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data-cache"))
-
-
 def method_run(scenario, cache, log=None):
     experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
     return MethodRun(experiment, "fedgrow", LocalExecutor(scenario, str(experiment.data.path)),

@@ -2,7 +2,6 @@
 many participants on few actors, bad input."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,37 +10,15 @@ import pytest
 import torch
 
 import launch
-from conftest import tiny
+from conftest import MEASURED, simulate, tiny
 from fedgrow_ray.dual_ligo import state_sha256
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
 from fedgrow_ray.ligo import LiGO
 from fedgrow_ray.methods import get_method
-from fedgrow_ray.outputs import RunFolder
 from fedgrow_ray.participant import ParticipantHost
 from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max"}  # measurements, not results
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data-cache"))
-
-
-def simulate(ray, scenario, cache, out):
-    folder = RunFolder.create(out, scenario)
-    summary = launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
-    return summary, folder.metrics(), folder
-
 
 def test_only_global_ligo_leaves_a_participant(ray_session, cache, tmp_path):
     from actors.participant import ParticipantActor

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..aggregation import get_aggregator
+from ..aggregation import check_update, get_aggregator
 from ..experiment import Experiment
+from ..metrics import state_bytes
 from ..models import Shape
 from ..training import batch_stream, make_optimiser, predict, train_steps
 
@@ -33,6 +34,7 @@ class Method:
 
     name: str = ""
     shares: bool = False
+    centralized: bool = False  # trained by the one CENTER trainer, not by the participants
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
@@ -41,6 +43,14 @@ class Method:
     # ---- server side --------------------------------------------------------------------------
     def initial_shared(self) -> dict[str, torch.Tensor] | None:
         return None
+
+    def check(self, update: dict, shared: dict, max_norm: float | None) -> str | None:
+        """Why an update must not be aggregated, or None (see aggregation.check_update)."""
+        return check_update(update, shared, max_norm)
+
+    def upload_bytes(self, shared: dict | None) -> int:
+        """What a participant sends this round (for the virtual clock)."""
+        return state_bytes(shared) if self.shares else 0
 
     def aggregate(self, shared: dict, updates: list[tuple[dict, int]]) -> dict:
         server = self.experiment.scenario["server"]

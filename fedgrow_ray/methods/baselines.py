@@ -4,6 +4,7 @@ local steps:
     fedavg_scratch       the target model trained from scratch with FedAvg (full model shared)
     independent_growth   Dual-LiGO per participant, nothing aggregated, nothing sent
     local_small          each participant's own small model, fine-tuned locally, no growth
+    centralized_ligo     the reference upper bound: Dual-LiGO where all the data is pooled
 """
 
 from __future__ import annotations
@@ -46,6 +47,33 @@ class IndependentGrowth(FedGrow):
     def train(self, participant, state, shared, round_number):
         _, loss = super().train(participant, state, None, round_number)
         return None, loss
+
+
+class CentralizedLiGO(FedGrow):
+    """Dual-LiGO trained in one place on every participant's training data pooled: one trainer
+    (the largest small shape, pre-trained on the pooled data) takes, each round, as many steps
+    as all the round's participants together; its model is evaluated on every participant's
+    own test split. Nothing is sent: it is the reference the federated methods aim at."""
+
+    name = "centralized_ligo"
+    shares = False
+    centralized = True
+
+    def initial_shared(self):
+        return None
+
+    def steps_per_round(self) -> int:
+        return self.training["local_steps"] * self.experiment.trainers_per_round
+
+    def train(self, participant, state, shared, round_number):
+        dual = state.dual.train()
+        intermediate = self._intermediate(dual, None, training=True)
+        loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
+                                   state.optimiser, self.steps_per_round(), "round", round_number)
+        return None, loss
+
+    def round_flops(self, shape):
+        return self.steps_per_round() * self.experiment.step_flops(self.experiment.target)
 
 
 class LocalSmall(Method):

@@ -5,6 +5,11 @@ exchanged, averaged by the server each round.
 Protocol "paper" (the default): Local-LiGO is trained alone first (the local stage, on the
 intermediate model's loss), then the federated stage trains Global-LiGO (and Local-LiGO too
 when training.joint_local is set) on the target model's loss.
+
+Protocol "reference-code" (what the authors' public code does, for comparison): in round 1
+each participant also sends its grown intermediate model Local_i(S_i) and the server averages
+it; from then on everyone trains only Global-LiGO on top of that averaged, frozen intermediate
+model. It shares a model-derived artifact once, so it is never the default.
 """
 
 from __future__ import annotations
@@ -13,10 +18,25 @@ from dataclasses import dataclass
 
 import torch
 
-from ..dual_ligo import GLOBAL_PREFIX, DualLiGO, run_grown
+from ..aggregation import check_update
+from ..dual_ligo import GLOBAL_PREFIX, DualLiGO, materialise, run_grown
 from ..ligo import LiGO
+from ..metrics import state_bytes
 from ..training import derive_seed
 from .base import Finetuned, Method
+
+
+INTERMEDIATE_PREFIX = "intermediate."  # the averaged intermediate model (reference-code protocol)
+
+
+def split_shared(shared: dict | None) -> tuple[dict | None, dict | None]:
+    """(Global-LiGO tensors, the shared intermediate model's parameters or None)."""
+    if shared is None:
+        return None, None
+    global_part = {k: v for k, v in shared.items() if k.startswith(GLOBAL_PREFIX)}
+    intermediate = {k[len(INTERMEDIATE_PREFIX):]: v for k, v in shared.items()
+                    if k.startswith(INTERMEDIATE_PREFIX)}
+    return global_part, intermediate or None
 
 
 @dataclass
@@ -30,11 +50,37 @@ class FedGrow(Method):
     shares = True
 
     # ---- server side --------------------------------------------------------------------------
+    @property
+    def reference_code(self) -> bool:
+        return self.experiment.scenario["protocol"] == "reference-code"
+
     def initial_shared(self):
         exp = self.experiment
         ligo = LiGO(exp.family, exp.intermediate, exp.target, **exp.ligo_options,
                     seed=derive_seed(exp.seed, "global-ligo-init"))
         return {GLOBAL_PREFIX + k: v.detach() for k, v in ligo.state_dict().items()}
+
+    def _sends_intermediate(self, shared) -> bool:
+        return self.reference_code and split_shared(shared)[1] is None
+
+    def upload_bytes(self, shared) -> int:
+        extra = 0
+        if self._sends_intermediate(shared):
+            extra = 4 * self.experiment.params(self.experiment.intermediate)
+        return state_bytes(split_shared(shared)[0]) + extra
+
+    def check(self, update, shared, max_norm):
+        """Global-LiGO as any update; the round-1 intermediate model (reference-code) has no
+        previous value to measure a norm against, so only its names, shapes and values."""
+        global_part, _ = split_shared(update)
+        problem = check_update(global_part, split_shared(shared)[0], max_norm)
+        intermediate = split_shared(update)[1]
+        if problem is None and intermediate is not None:
+            expected = {INTERMEDIATE_PREFIX + k: v.detach() for k, v in
+                        self.experiment.family.skeleton(self.experiment.intermediate).named_parameters()}
+            problem = check_update({INTERMEDIATE_PREFIX + k: v for k, v in intermediate.items()},
+                                   expected, None)
+        return problem
 
     # ---- participant side ---------------------------------------------------------------------
     def new_state(self, participant) -> GrowthState:
@@ -59,39 +105,45 @@ class FedGrow(Method):
                                 steps, "local-stage")
         return state
 
-    def train(self, participant, state: GrowthState, shared, round_number):
-        dual = state.dual
-        if shared is not None:
-            dual.load_global_state(shared)
-        dual.train()
-        intermediate = self._frozen_intermediate(dual)
-        loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
-                                   state.optimiser, self.training["local_steps"], "round", round_number)
-        return self.update_of(dual), loss
-
-    def update_of(self, dual: DualLiGO):
-        return {k: v.clone() for k, v in dual.global_state().items()}
-
-    def _frozen_intermediate(self, dual: DualLiGO):
-        """With Local-LiGO frozen, its output is the same every step: build it once per round."""
-        if self.training["joint_local"]:
+    def _intermediate(self, dual: DualLiGO, shared, training: bool):
+        """Load the shared Global-LiGO and return the intermediate parameters the target grows
+        from: the shared averaged intermediate model (reference-code, after round 1), or this
+        participant's Local-LiGO output, built once here when Local-LiGO is not trained (None
+        when it is: then it is rebuilt, with gradients, at every step)."""
+        global_part, shared_intermediate = split_shared(shared)
+        if global_part is not None:
+            dual.load_global_state(global_part)
+        if shared_intermediate is not None:
+            return shared_intermediate
+        if training and self.training["joint_local"]:
             return None
         with torch.no_grad():
             return dual.intermediate_parameters()
 
+    def train(self, participant, state: GrowthState, shared, round_number):
+        dual = state.dual.train()
+        intermediate = self._intermediate(dual, shared, training=True)
+        loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
+                                   state.optimiser, self.training["local_steps"], "round", round_number)
+        update = {k: v.clone() for k, v in dual.global_state().items()}
+        if self._sends_intermediate(shared):  # reference-code, round 1
+            with torch.no_grad():
+                update.update({INTERMEDIATE_PREFIX + k: v.clone()
+                               for k, v in dual.intermediate_parameters().items()})
+        return update, loss
+
     def logits_fn(self, participant, state: GrowthState, shared):
-        dual = state.dual
-        if shared is not None:
-            dual.load_global_state(shared)
-        dual.eval()
+        dual = state.dual.eval()
+        intermediate = self._intermediate(dual, shared, training=False)
         with torch.no_grad():
-            params = dual.target_parameters()
+            params = dual.target_parameters(intermediate)
         return lambda batch: run_grown(dual.family, dual.target_shape, params, batch, training=False).logits
 
     def final_model(self, participant, state: GrowthState, shared):
-        if shared is not None:
-            state.dual.load_global_state(shared)
-        return state.dual.materialise()
+        dual = state.dual.eval()
+        with torch.no_grad():
+            params = dual.target_parameters(self._intermediate(dual, shared, training=False))
+        return materialise(dual.family, dual.target_shape, params)
 
     def trainable_params(self, participant, state) -> int:
         if isinstance(state, Finetuned):
