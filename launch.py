@@ -13,6 +13,7 @@ Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (no
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -87,11 +88,13 @@ def parse_args(argv):
 
 
 def start_ray(address: str | None):
+    if not address:
+        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address;
+        # it reads this when it is first imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if address:
-        import json
-
         runtime_env = {"working_dir": str(ROOT),
                        "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]}
         # Run as a Ray job that ships the code itself (ray job submit --working-dir, a RayJob's
@@ -100,10 +103,8 @@ def start_ray(address: str | None):
         if (job.get("runtime_env") or {}).get("working_dir"):
             runtime_env = None
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-    else:
-        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    else:  # a new local instance, never a cluster someone else started on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     return ray
 
 
@@ -160,6 +161,7 @@ def main(argv=None) -> int:
         else:
             scenario = load_scenario(args.scenario or ROOT / "scenarios" / "quickstart.yaml", args.set)
         progress.message(f"preparing data ({scenario['data']['source']}) ...")
+        args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
         data_path = prepare_scenario_data(scenario, args.cache)
         if not args.resume:
             out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -52,6 +52,14 @@ class RayExecutor:
         self.timeout_s = scenario["hosts"]["round_timeout_s"]
         options = actor_options(scenario, resources.get("GPU", 0), log)
         size = pool_size(scenario, resources.get("CPU", 1))
+        for key, resource, per_actor, unit in (("num_cpus", "CPU", options["num_cpus"], 1),
+                                               ("num_gpus", "GPU", options["num_gpus"], 1),
+                                               ("memory_mb", "memory", options.get("memory", 0), 2**20)):
+            if size * per_actor > resources.get(resource, 0) + 1e-9:  # Ray would wait forever
+                raise RuntimeError(
+                    f"{size} participant hosts x hosts.{key}={per_actor / unit:g} need more {resource} "
+                    f"than the cluster has ({resources.get(resource, 0) / unit:g}); lower hosts.actors "
+                    f"or hosts.{key}")
         self.actors = [ParticipantActor.options(name=f"fedgrow-host-{run_id}-{i}", **options).remote(
                            scenario, cache_dir, state_dir, i, options["num_gpus"] > 0)
                        for i in range(size)]

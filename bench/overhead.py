@@ -100,7 +100,7 @@ def main():
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     memory = PeakMemory()
     memory.start()
     folder = RunFolder.create(Path(cache) / "run", scenario)

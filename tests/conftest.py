@@ -72,9 +72,10 @@ MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max"}  # measurements, not
 
 @pytest.fixture(scope="session")
 def ray_session():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
     yield ray
     ray.shutdown()
 
