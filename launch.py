@@ -56,8 +56,14 @@ class Progress:
             self.stream.write(line)
             self.stream.flush()
             self.width = len(line)
-        elif event.get("phase") == "end" and (event["method"], event["round"]) not in self.reported:
-            self.reported.add((event["method"], event["round"]))
+        elif (event["method"], event["round"], event.get("phase")) in self.reported:
+            return  # a poll may repeat the latest event
+        elif event.get("phase") == "start" and event["round"] == 1:  # the first round is the long one
+            self.reported.add((event["method"], event["round"], "start"))
+            print(f"{head}: {event['running']} participants set up and training ...",
+                  file=self.stream, flush=True)
+        elif event.get("phase") == "end":
+            self.reported.add((event["method"], event["round"], "end"))
             print(f"{head}: {event['done']}/{event['running']} participants done, {acc}",
                   file=self.stream, flush=True)
 

@@ -5,7 +5,7 @@ text with batch 32 x 128 tokens (BERT vocabulary 30522), image with batch 32 of 
 (patch 4). Both steps use AdamW: the plain step updates the whole target model, the Dual-LiGO
 step updates Local-LiGO and Global-LiGO through the grown model (torch.func.functional_call).
 
-    python bench/ligo_step.py [--steps 5] [--threads N]
+    python bench/ligo_step.py [--steps 7] [--threads N]
 
 Last line: ratio=<the larger of the two families' Dual-LiGO / plain step-time ratios>.
 """
@@ -24,14 +24,17 @@ from fedgrow_ray.models import Shape, get_family
 SMALL, INTERMEDIATE, TARGET = Shape(256, 2, 8, 256), Shape(320, 4, 8, 320), Shape(384, 6, 8, 384)
 
 
-def time_steps(step, steps: int) -> float:
-    step()  # warm-up: allocator, autograd graph caches
-    times = []
+def time_steps(plain, grown, steps: int) -> tuple[float, float]:
+    """Median step times of the two, interleaved (plain, grown, plain, ...) so that drift in
+    the machine's speed (other tenants on a shared VM) hits both alike."""
+    plain(), grown()  # warm-up: allocator, autograd graph caches
+    times = {plain: [], grown: []}
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step in (plain, grown):
+            start = time.perf_counter()
+            step()
+            times[step].append(time.perf_counter() - start)
+    return statistics.median(times[plain]), statistics.median(times[grown])
 
 
 def train_step(loss_fn, optimiser):
@@ -45,7 +48,7 @@ def train_step(loss_fn, optimiser):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -61,12 +64,11 @@ def main():
     for name, (family, batch_options) in families.items():
         batch = family.example_batch(32, torch.Generator().manual_seed(0), **batch_options)
         target = family.build(TARGET).train()
-        plain = time_steps(train_step(lambda: target(**batch).loss,
-                                      torch.optim.AdamW(target.parameters(), lr=1e-4)), args.steps)
         dual = DualLiGO(family.build(SMALL), INTERMEDIATE, TARGET, seed=0).train()
         trainable = [p for p in dual.parameters() if p.requires_grad]
-        grown = time_steps(train_step(lambda: dual(batch).loss,
-                                      torch.optim.AdamW(trainable, lr=1e-4)), args.steps)
+        plain, grown = time_steps(
+            train_step(lambda: target(**batch).loss, torch.optim.AdamW(target.parameters(), lr=1e-4)),
+            train_step(lambda: dual(batch).loss, torch.optim.AdamW(trainable, lr=1e-4)), args.steps)
         ratios[name] = grown / plain
         counts = dual.parameter_counts()
         print(f"{name:5s} plain_step_s={plain:.3f} dual_ligo_step_s={grown:.3f} ratio={ratios[name]:.3f} "

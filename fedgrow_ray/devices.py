@@ -252,10 +252,10 @@ def fit_shape(profile: DeviceProfile, candidates: list[tuple[str, float]]) -> tu
         if not _is_number(needed_mb) or not needed_mb >= 0:
             raise ValueError(f"fit_shape: shape {name}: needed_mb={needed_mb!r} must be a number >= 0")
         if needed_mb <= budget:
-            return name, (f"{_mib(needed_mb)} MiB needed by shape {name} fits the memory budget "
-                          f"{_mib(budget)} MiB")
+            return name, (f"{format_mib(needed_mb)} MiB needed by shape {name} fits the memory budget "
+                          f"{format_mib(budget)} MiB")
     name, needed_mb = candidates[-1]
-    return None, (f"memory budget {_mib(budget)} MiB < {_mib(needed_mb)} MiB needed by the "
+    return None, (f"memory budget {format_mib(budget)} MiB < {format_mib(needed_mb)} MiB needed by the "
                   f"smallest shape {name}")
 
 
@@ -550,7 +550,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def _mib(value: float) -> str:
+def format_mib(value: float) -> str:
     if math.isinf(value):
         return "unlimited" if value > 0 else str(value)
     return str(int(value)) if value == int(value) else f"{value:.1f}"

@@ -7,6 +7,11 @@ Participants are created on first use. A host keeps at most `hosts.max_resident`
 memory and spills the least recently used to its own disk, reloading them exactly when they
 are needed again; at the driver's checkpoints it writes every participant that changed since
 the last one (versioned by tick), so a restarted host, or a resumed run, restores them.
+
+On a GPU host a participant's state waits in CPU memory and is on the GPU only while it works:
+GPU memory holds one participant at a time, however many the host keeps, and the caching
+allocator's blocks are handed back after each one, so a long run does not creep toward
+out-of-memory. The peak GPU memory of each participant's work is measured and reported.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import re
 import shutil
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import torch
+from torch import nn
 
 from .experiment import Experiment
 from .methods import Method, get_method
@@ -74,6 +81,21 @@ class Participant:
 
     def num_samples(self) -> int:
         return len(self.data.train)
+
+    def to(self, device) -> None:
+        """Move all private state (models, optimiser moments) to `device`, in place."""
+        self.device = torch.device(device)
+        if self._small_model is not None:
+            self._small_model.to(self.device)
+        for state in self.method_state.values():
+            for value in vars(state).values():
+                if isinstance(value, nn.Module):
+                    value.to(self.device)
+                elif isinstance(value, torch.optim.Optimizer):
+                    for slot in value.state.values():
+                        for key, tensor in slot.items():
+                            if torch.is_tensor(tensor) and key != "step":  # AdamW keeps step on CPU
+                                slot[key] = tensor.to(self.device)
 
     # ---- persistence ---------------------------------------------------------------------------
     def state_dict(self, methods: dict[str, Method]) -> dict:
@@ -201,7 +223,7 @@ class ParticipantHost:
         if pid in self.participants:
             self.participants.move_to_end(pid)
             return self.participants[pid]
-        participant = Participant(self.experiment, pid, self.device)
+        participant = Participant(self.experiment, pid, "cpu")  # moved to the host's device to work
         if self.store is not None:
             saved = self.store.unspill(pid)
             if saved is not None:
@@ -219,6 +241,20 @@ class ParticipantHost:
             self.store.spill(old_pid, old.state_dict(self.methods))
             self.stats["spilled"] += 1
         return participant
+
+    @contextmanager
+    def working(self, participant: Participant):
+        """The participant on the host's device for one unit of work (see the module notes)."""
+        if self.device.type != "cuda":
+            yield participant
+            return
+        torch.cuda.reset_peak_memory_stats(self.device)
+        participant.to(self.device)
+        try:
+            yield participant
+        finally:
+            participant.to("cpu")
+            torch.cuda.empty_cache()
 
     def method(self, name: str) -> Method:
         if name not in self.methods:
@@ -240,25 +276,34 @@ class ParticipantHost:
         method = self.method(method_name)
         results = []
         for pid in pids:
-            start = time.perf_counter()
+            start, before = time.perf_counter(), dict(self.stats)
             participant = self.participant(pid)
-            state = self._state(method, participant)
-            participant.seed_torch(method.name, "round", round_number)
-            update, loss = method.train(participant, state, shared, round_number)
+            with self.working(participant):
+                state = self._state(method, participant)
+                participant.seed_torch(method.name, "round", round_number)
+                update, loss = method.train(participant, state, shared, round_number)
+                if update is not None:  # what leaves the host is always in CPU memory
+                    update = {name: tensor.cpu() for name, tensor in update.items()}
             self.dirty.add(pid)
             if sleep_s and sleep_s.get(pid):
                 time.sleep(sleep_s[pid])
             results.append({"id": pid, "update": update, "samples": participant.num_samples(),
                             "train_loss": loss, "wall_s": time.perf_counter() - start,
-                            "host_memory": self.memory(), "restored": pid in self.restored})
+                            "host_memory": self.memory(), "restored": pid in self.restored,
+                            "resident": len(self.participants),
+                            **{key: self.stats[key] - before[key] for key in ("spilled", "reloaded")}})
             self.restored.discard(pid)
         return results
 
     def memory(self) -> dict:
-        """What this host really uses: resident memory, and GPU memory at its peak (Ray's
-        resource fractions are only logical)."""
-        gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
-        return {"rss_mb": psutil.Process().memory_info().rss / 2**20, "gpu_mb": gpu / 2**20}
+        """What this host really uses (Ray's resource fractions are only logical): resident
+        memory; on a GPU, the peak allocated during the last participant's work and what the
+        process still holds on the GPU after it."""
+        memory = {"rss_mb": psutil.Process().memory_info().rss / 2**20, "gpu_mb": 0.0, "gpu_held_mb": 0.0}
+        if self.device.type == "cuda":
+            memory["gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            memory["gpu_held_mb"] = torch.cuda.memory_reserved(self.device) / 2**20
+        return memory
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
                  final: bool = False, subject: int | None = None) -> list[dict]:
@@ -270,16 +315,17 @@ class ParticipantHost:
         results, trainable = [], {}
         for pid in pids:
             owner = self.participant(pid if subject is None else subject)
-            state = self._state(method, owner)
-            if owner.id not in trainable:
-                trainable[owner.id] = method.trainable_params(owner, state)
-                if final:
-                    owner.seed_torch(method.name, "finish")
-                    state = owner.method_state[method.name] = method.finish(owner, state, shared)
-                    self.dirty.add(owner.id)
-            test = owner.data.test if subject is None else self.experiment.participant_data(pid).test
-            labels, predictions = method.predict(owner, state, shared, test,
-                                                 self.experiment.scenario["eval"]["batch_size"])
+            with self.working(owner):
+                state = self._state(method, owner)
+                if owner.id not in trainable:
+                    trainable[owner.id] = method.trainable_params(owner, state)
+                    if final:
+                        owner.seed_torch(method.name, "finish")
+                        state = owner.method_state[method.name] = method.finish(owner, state, shared)
+                        self.dirty.add(owner.id)
+                test = owner.data.test if subject is None else self.experiment.participant_data(pid).test
+                labels, predictions = method.predict(owner, state, shared, test,
+                                                     self.experiment.scenario["eval"]["batch_size"])
             results.append({"id": pid, "accuracy": accuracy(labels, predictions),
                             "macro_precision": macro_precision(labels, predictions),
                             "test_samples": len(labels), "trainable_params": trainable[owner.id]})

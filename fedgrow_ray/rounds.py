@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .devices import apply_deadline, is_available, sample_participants, simulated_time
+from .devices import apply_deadline, format_mib, is_available, sample_participants, simulated_time
 from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
 from .methods import get_method
@@ -164,7 +164,7 @@ class MethodRun:
                 need, budget = self.method.memory_mb(shape), self.exp.profile(pid).memory_mb
                 why = None if need <= budget else (
                     f"participant {pid} excluded from {self.method.name}: memory budget "
-                    f"{budget:.0f} MiB < {need:.0f} MiB needed")
+                    f"{format_mib(budget)} MiB < {format_mib(need)} MiB needed")
                 if why is None and reason.startswith("given"):
                     self.log(f"participant {pid}: {reason}")
             self._excluded_reason[pid] = why
@@ -302,9 +302,13 @@ class MethodRun:
                            if results and sum(samples) else None),
         }
         hosts = [r["host_memory"] for r in results if r.get("host_memory")]
-        if hosts:
+        if hosts:  # how the participants were hosted: measurements, not results
             row["host_rss_mb_max"] = max(h["rss_mb"] for h in hosts)
             row["host_gpu_mb_max"] = max(h["gpu_mb"] for h in hosts)
+            row["host_gpu_held_mb_max"] = max(h["gpu_held_mb"] for h in hosts)
+            row["resident_max"] = max(r["resident"] for r in results)
+            row["spilled"] = sum(r["spilled"] for r in results)
+            row["reloaded"] = sum(r["reloaded"] for r in results)
         if round_number == rounds or round_number % self.scenario["eval"]["every"] == 0:
             self.last_eval = self.evaluate(final=round_number == rounds)
             row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})

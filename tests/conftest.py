@@ -67,7 +67,9 @@ def tiny(*overrides):
     return resolve_scenario(TINY, list(overrides))
 
 
-MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max"}  # measurements, not results
+# Row keys that measure the run or depend on how participants were hosted, not results.
+MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_max", "resident_max",
+            "spilled", "reloaded"}
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,19 @@
 """Many participants on few hosts: spilling to disk and reloading is exact, and how
 participants are hosted (actor count, spill on or off) never changes a result."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from conftest import MEASURED, simulate, tiny
+from fedgrow_ray.config import load_scenario
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
 from fedgrow_ray.methods import get_method
 from fedgrow_ray.participant import ParticipantHost
 from fedgrow_ray.rounds import LocalExecutor, run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_spilled_participant_continues_from_its_state(tmp_path, cache):
@@ -56,3 +62,45 @@ def test_actor_count_does_not_change_results(ray_session, cache, tmp_path):
         hashes.append(summary["global_ligo_sha256"])
         rows.append([{k: v for k, v in r.items() if k not in MEASURED} for r in metrics])
     assert hashes[0] == hashes[1] and rows[0] == rows[1]
+
+
+def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_session, cache, tmp_path):
+    """scenarios/stress.yaml as shipped (1,000 participants, stragglers on), fewer rounds."""
+    scenario = load_scenario(ROOT / "scenarios" / "stress.yaml", ["rounds=4"])
+    assert scenario["participants"] == 1000
+    summary, metrics, folder = simulate(ray_session, scenario, cache, tmp_path / "stress")
+    assert [r["round"] for r in metrics] == [1, 2, 3, 4]
+    sampled = {pid for r in folder.load_checkpoint()["sampled"].values() for pid in r}
+    asked = sum(r["sampled"] for r in metrics)
+    assert len(sampled) < asked  # some participants were sampled again ...
+    limit = scenario["hosts"]["max_resident"]
+    assert max(r["resident_max"] for r in metrics) == limit  # ... from hosts that were full,
+    assert sum(r["spilled"] for r in metrics) > 0 and sum(r["reloaded"] for r in metrics) > 0
+    for row in metrics:  # stragglers: every sampled participant is accounted for
+        assert row["completed"] > 0 and row["sampled"] == (
+            row["completed"] + row["dropped_deadline"] + row["over_selected"] + row["unavailable"]
+            + row["excluded_memory"] + row["failed"])
+    assert sum(r["dropped_deadline"] for r in metrics) > 0
+    assert sum(r["unavailable"] for r in metrics) > 0 and sum(r["excluded_memory"] for r in metrics) > 0
+    # Memory follows the hosts: rounds 2-4 bring ~150 more participants than round 1 held, but
+    # a host never keeps more than max_resident of them.
+    rss = [r["host_rss_mb_max"] for r in metrics]
+    assert rss[-1] < rss[0] + 150, rss
+    assert summary["methods"]["fedgrow"]["accuracy_mean"] is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_host_holds_one_participant_at_a_time(cache, tmp_path):
+    scenario = tiny("participants=6")
+    data = str(prepare_scenario_data(scenario, cache))
+    shared = get_method("fedgrow", Experiment(scenario, data)).initial_shared()
+    host = ParticipantHost(scenario, data, device="cuda", state_dir=str(tmp_path))
+    held = []
+    for round_number in (1, 2, 3):
+        for pid in range(6):
+            result, = host.train("fedgrow", round_number, [pid], shared)
+            assert result["host_memory"]["gpu_mb"] > 0  # it did run on the GPU
+            held.append(torch.cuda.memory_allocated())
+    assert max(held) == held[0], held  # nothing accumulates on the GPU between participants
+    for participant in host.participants.values():
+        assert all(p.device.type == "cpu" for p in participant.small_model.parameters())

@@ -1,0 +1,111 @@
+"""Scale: does the simulator's cost follow the participants it runs, not the participants it
+registers? The stress scenario (tiny shapes, stragglers on, hosts keeping at most
+hosts.max_resident participants and spilling the rest to disk) with 100, 1,000 and 10,000
+registered participants and 100 sampled per round, on a local Ray with the default pool.
+
+Pre-training and the Local-LiGO stage are switched off here (they run once per participant, on
+its first round, and at 10,000 registered nearly every sampled participant is new), so every
+participant-round is the same work: create or reload the participant, then local_steps
+Dual-LiGO steps. Time per participant-step is a training round's wall time divided by the
+participant-steps it completed, the median over the training rounds (the last round, which
+also evaluates, is left out), and the fastest of --repeats runs of each size (two shared
+cores make single runs noisy). Peak memory
+is the PSS of every process Ray started for the run (GCS, raylet, driver and participant
+actors), sampled every second.
+
+    python bench/scale.py [--registered 100 1000 10000] [--rounds 6] [--repeats 2]
+
+Last line: flatness=<largest / smallest time per participant-step> peak_gib=<peak memory at
+the largest registered count>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import launch  # noqa: E402
+from fedgrow_ray.config import load_scenario  # noqa: E402
+from fedgrow_ray.experiment import prepare_scenario_data  # noqa: E402
+from fedgrow_ray.outputs import RunFolder  # noqa: E402
+from overhead import PeakMemory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLED = 100
+
+
+def workload(registered: int, rounds: int) -> dict:
+    return load_scenario(ROOT / "scenarios" / "stress.yaml", [
+        f"participants={registered}", f"rounds={rounds}", f"sampling.count={SAMPLED}",
+        "sampling.fraction=null", "sampling.over_selection=1.0",
+        "training.pretrain_steps=0", "training.local_stage_steps=0",
+        f"data.train_size={40 * registered}", "data.partition={scheme: iid}",
+        f"eval.every={rounds}", "eval.participants=20"])
+
+
+def measure(ray, registered: int, rounds: int, cache: str, repeat: int) -> dict:
+    scenario = workload(registered, rounds)
+    start = time.perf_counter()
+    prepare_scenario_data(scenario, cache)
+    prepare_s = time.perf_counter() - start
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    memory = PeakMemory()
+    memory.start()
+    folder = RunFolder.create(Path(cache) / f"run-{registered}-{repeat}", scenario)
+    launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
+    memory.stop.set()
+    memory.join()
+    ray.shutdown()
+    rows = [r for r in folder.metrics() if r["round"] < rounds]
+    steps = scenario["training"]["local_steps"]
+    return {"registered": registered, "prepare_s": prepare_s,
+            "round_s": statistics.mean(r["wall_s"] for r in rows),
+            "completed": statistics.mean(r["completed"] for r in rows),
+            "step_ms": 1000 * statistics.median(r["wall_s"] / (r["completed"] * steps) for r in rows),
+            "spilled": sum(r["spilled"] for r in rows), "reloaded": sum(r["reloaded"] for r in rows),
+            "host_rss_mb": max(r["host_rss_mb_max"] for r in rows), "peak_gib": memory.peak / 2**30}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--registered", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs per size; the fastest counts (this machine's noise is other tenants)")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the last round evaluates and is left out)")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
+    import ray
+
+    cache = tempfile.mkdtemp(prefix="fedgrow-scale-")
+    print(f"{'registered':>10} {'data prep s':>11} {'round s':>8} {'completed':>9} "
+          f"{'ms/participant-step':>19} {'spilled':>7} {'reloaded':>8} {'host RSS MiB':>12} "
+          f"{'peak GiB':>8}", flush=True)
+    best = {}
+    for repeat in range(args.repeats):  # forward, then backward: drift hits every size alike
+        for registered in (args.registered if repeat % 2 == 0 else args.registered[::-1]):
+            r = measure(ray, registered, args.rounds, cache, repeat)
+            print(f"{r['registered']:>10} {r['prepare_s']:>11.1f} {r['round_s']:>8.2f} {r['completed']:>9.1f} "
+                  f"{r['step_ms']:>19.2f} {r['spilled']:>7} {r['reloaded']:>8} {r['host_rss_mb']:>12.0f} "
+                  f"{r['peak_gib']:>8.2f}", flush=True)
+            kept = best.setdefault(registered, r)
+            kept["step_ms"] = min(kept["step_ms"], r["step_ms"])
+            kept["peak_gib"] = max(kept["peak_gib"], r["peak_gib"])
+    print("best of repeats (time) and worst (memory):")
+    for registered in args.registered:
+        print(f"{registered:>10} {best[registered]['step_ms']:>8.2f} ms/participant-step "
+              f"{best[registered]['peak_gib']:>6.2f} GiB peak")
+    times = [best[n]["step_ms"] for n in args.registered]
+    print(f"flatness={max(times) / min(times):.3f} peak_gib={best[args.registered[-1]]['peak_gib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
