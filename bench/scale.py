@@ -8,8 +8,8 @@ its first round, and at 10,000 registered nearly every sampled participant is ne
 participant-round is the same work: create or reload the participant, then local_steps
 Dual-LiGO steps. Time per participant-step is a training round's wall time divided by the
 participant-steps it completed, the median over the training rounds (the last round, which
-also evaluates, is left out), and the fastest of --repeats runs of each size (two shared
-cores make single runs noisy). Peak memory
+also evaluates, is left out), and the fastest of --repeats runs of each size, each
+in a fresh process with a fresh local Ray (two shared cores make single runs noisy). Peak memory
 is the PSS of every process Ray started for the run (GCS, raylet, driver and participant
 actors), sampled every second.
 
@@ -22,8 +22,10 @@ the largest registered count>.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +52,11 @@ def workload(registered: int, rounds: int) -> dict:
         f"eval.every={rounds}", "eval.participants=20"])
 
 
-def measure(ray, registered: int, rounds: int, cache: str, repeat: int) -> dict:
+def measure(registered: int, rounds: int, cache: str, repeat: int) -> dict:
+    """One run, in this process (the --one mode: every run gets a fresh process and Ray)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
+    import ray
+
     scenario = workload(registered, rounds)
     start = time.perf_counter()
     prepare_scenario_data(scenario, cache)
@@ -79,11 +85,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs per size; the fastest counts (this machine's noise is other tenants)")
+    parser.add_argument("--one", nargs=3, metavar=("REGISTERED", "CACHE", "REPEAT"),
+                        help=argparse.SUPPRESS)  # internal: one run, printed as JSON
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (the last round evaluates and is left out)")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
-    import ray
+    if args.one:
+        print(json.dumps(measure(int(args.one[0]), args.rounds, args.one[1], int(args.one[2]))))
+        return
 
     cache = tempfile.mkdtemp(prefix="fedgrow-scale-")
     print(f"{'registered':>10} {'data prep s':>11} {'round s':>8} {'completed':>9} "
@@ -92,7 +101,10 @@ def main():
     best = {}
     for repeat in range(args.repeats):  # forward, then backward: drift hits every size alike
         for registered in (args.registered if repeat % 2 == 0 else args.registered[::-1]):
-            r = measure(ray, registered, args.rounds, cache, repeat)
+            run = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--one",
+                                  str(registered), cache, str(repeat)],
+                                 stdout=subprocess.PIPE, text=True, check=True)
+            r = json.loads(run.stdout.strip().splitlines()[-1])
             print(f"{r['registered']:>10} {r['prepare_s']:>11.1f} {r['round_s']:>8.2f} {r['completed']:>9.1f} "
                   f"{r['step_ms']:>19.2f} {r['spilled']:>7} {r['reloaded']:>8} {r['host_rss_mb']:>12.0f} "
                   f"{r['peak_gib']:>8.2f}", flush=True)

@@ -86,6 +86,7 @@ def test_resume_after_the_driver_dies_is_exact(ray_session, cache, tmp_path):
     assert "resuming after fedgrow round" in (folder.path / "events.log").read_text()
 
 
+@pytest.mark.slow  # 1.5 minutes: two launch.py processes, each starting Ray
 def test_ctrl_c_then_resume_from_the_command_line(ray_session, cache, tmp_path):
     scenario_file = tmp_path / "tiny.yaml"
     scenario_file.write_text(yaml.safe_dump({**TINY, "rounds": 4}))
