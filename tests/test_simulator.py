@@ -20,6 +20,16 @@ from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
+def test_the_library_never_imports_ray():
+    """fedgrow_ray runs a whole experiment in one process with no Ray loaded."""
+    modules = sorted(f"fedgrow_ray.{'.'.join(path.relative_to(ROOT / 'fedgrow_ray').with_suffix('').parts)}"
+                     .removesuffix(".__init__") for path in (ROOT / "fedgrow_ray").rglob("*.py"))
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert len(modules) > 20 and run.stdout.strip() == "[]", run.stdout
+
+
 def test_only_global_ligo_leaves_a_participant(ray_session, cache, tmp_path):
     from actors.participant import ParticipantActor
 
