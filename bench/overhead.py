@@ -70,6 +70,25 @@ class PeakMemory(threading.Thread):
             self.peak = max(self.peak, total)
 
 
+def simulate_on_local_ray(scenario: dict, cache: str, out: Path) -> tuple[RunFolder, int]:
+    """Run a scenario on a new local Ray, as launch.py does; returns the run folder and the peak
+    memory (bytes, PSS) of every process Ray started."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    memory = PeakMemory()
+    memory.start()
+    try:
+        folder = RunFolder.create(out, scenario)
+        launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
+    finally:
+        memory.stop.set()
+        memory.join()
+        ray.shutdown()
+    return folder, memory.peak
+
+
 def training_round_s(rows: list[dict], rounds: int) -> float:
     return statistics.mean(r["wall_s"] for r in rows if 1 < r["round"] < rounds)
 
@@ -98,21 +117,12 @@ def main():
         print(f"plain loop ({label}): round 1 {rows[0]['wall_s']:.2f}s, training rounds "
               f"{plain[label]:.3f}s, last (with eval) {rows[-1]['wall_s']:.2f}s", flush=True)
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    memory = PeakMemory()
-    memory.start()
-    folder = RunFolder.create(Path(cache) / "run", scenario)
-    launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
-    memory.stop.set()
-    memory.join()
-    ray.shutdown()
+    folder, peak = simulate_on_local_ray(scenario, cache, Path(cache) / "run")
     rows = folder.metrics()
     simulated = training_round_s(rows, args.rounds)
     print(f"simulator (Ray, {ray_hosts(folder)}): round 1 {rows[0]['wall_s']:.2f}s, training rounds "
           f"{simulated:.3f}s, last (with eval) {rows[-1]['wall_s']:.2f}s")
-    print(f"peak memory of all Ray processes (PSS): {memory.peak / 2**30:.2f} GiB")
+    print(f"peak memory of all Ray processes (PSS): {peak / 2**30:.2f} GiB")
     best = min(plain.values())
     print(f"ratio={simulated / best:.3f}")
 

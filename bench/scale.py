@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,11 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import launch  # noqa: E402
 from fedgrow_ray.config import load_scenario  # noqa: E402
 from fedgrow_ray.experiment import prepare_scenario_data  # noqa: E402
-from fedgrow_ray.outputs import RunFolder  # noqa: E402
-from overhead import PeakMemory  # noqa: E402
+from overhead import simulate_on_local_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLED = 100
@@ -54,21 +51,11 @@ def workload(registered: int, rounds: int) -> dict:
 
 def measure(registered: int, rounds: int, cache: str, repeat: int) -> dict:
     """One run, in this process (the --one mode: every run gets a fresh process and Ray)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
-    import ray
-
     scenario = workload(registered, rounds)
     start = time.perf_counter()
     prepare_scenario_data(scenario, cache)
     prepare_s = time.perf_counter() - start
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    memory = PeakMemory()
-    memory.start()
-    folder = RunFolder.create(Path(cache) / f"run-{registered}-{repeat}", scenario)
-    launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))
-    memory.stop.set()
-    memory.join()
-    ray.shutdown()
+    folder, peak = simulate_on_local_ray(scenario, cache, Path(cache) / f"run-{registered}-{repeat}")
     rows = [r for r in folder.metrics() if r["round"] < rounds]
     steps = scenario["training"]["local_steps"]
     return {"registered": registered, "prepare_s": prepare_s,
@@ -76,7 +63,7 @@ def measure(registered: int, rounds: int, cache: str, repeat: int) -> dict:
             "completed": statistics.mean(r["completed"] for r in rows),
             "step_ms": 1000 * statistics.median(r["wall_s"] / (r["completed"] * steps) for r in rows),
             "spilled": sum(r["spilled"] for r in rows), "reloaded": sum(r["reloaded"] for r in rows),
-            "host_rss_mb": max(r["host_rss_mb_max"] for r in rows), "peak_gib": memory.peak / 2**30}
+            "host_rss_mb": max(r["host_rss_mb_max"] for r in rows), "peak_gib": peak / 2**30}
 
 
 def main():

@@ -186,7 +186,7 @@ class MethodRun:
             time_ = simulated_time(self.exp.profile(CENTER), self.method.round_flops(None), 0, 0,
                                    self.scenario["devices"]["reference_gflops"])
             return {"asked": [CENTER], "excluded": [], "reachable": [CENTER], "times": {CENTER: time_},
-                    "kept": [CENTER], "missed_deadline": [], "not_needed": [],
+                    "download": {CENTER: 0}, "kept": [CENTER], "missed_deadline": [], "not_needed": [],
                     "round_time_s": time_.total_s}
         sampling, seed = self.scenario["sampling"], self.exp.seed
         asked = sample_participants(self.exp.participant_ids, round_number, seed,
@@ -195,12 +195,12 @@ class MethodRun:
         excluded = [p for p in asked if self.exclusion(p)]
         reachable = [p for p in asked if p not in excluded
                      and is_available(self.exp.profile(p), p, round_number, seed)]
-        times = {}
+        times, download = {}, {pid: self.download_bytes(pid) for pid in reachable}
+        upload = self.method.upload_bytes(self.shared)
         for pid in reachable:
             shape, _ = self.exp.small_shape(pid)
             times[pid] = simulated_time(self.exp.profile(pid), self.method.round_flops(shape),
-                                        self.method.upload_bytes(self.shared), self.download_bytes(pid),
-                                        self.scenario["devices"]["reference_gflops"])
+                                        upload, download[pid], self.scenario["devices"]["reference_gflops"])
         keep_first = None
         if sampling["over_selection"] > 1.0:
             n = len(self.exp.participant_ids)
@@ -210,7 +210,7 @@ class MethodRun:
         deadline = self.scenario["deadline_s"]
         missed = [p for p in late if deadline is not None and times[p].total_s > deadline]
         return {"asked": asked, "excluded": excluded, "reachable": reachable, "times": times,
-                "kept": kept, "missed_deadline": missed,
+                "download": download, "kept": kept, "missed_deadline": missed,
                 "not_needed": [p for p in late if p not in missed], "round_time_s": round_time}
 
     def _lost_uploads(self, results: list[dict], round_number: int) -> list[dict]:
@@ -274,7 +274,7 @@ class MethodRun:
                          f"{result['id']} rejected: {problem}")
             else:
                 accepted.append((update, result["samples"]))
-        bytes_down = sum(self.download_bytes(pid) for pid in plan["reachable"])
+        bytes_down = sum(plan["download"].values())
         for pid in plan["reachable"]:
             self.received[pid] = round_number - 1
         if self.method.shares:
