@@ -218,13 +218,15 @@ def results_table(summary: dict, rows: list[dict]) -> str:
     for name, m in methods.items():
         sent = m["bytes_up_total"] + m["bytes_down_total"]
         trainable = m["trainable_params_per_participant"]
+        against = {} if name == "fedavg_scratch" else base
         accuracy = _fmt(m["accuracy_mean"]) + ("" if m["accuracy_std"] is None else f" ± {m['accuracy_std']:.3f}")
         lines.append(
             f"| {name} | {m['rounds']} | {accuracy} | {_fmt(m.get('majority_accuracy_mean'))} "
             f"| {_fmt(m['macro_precision_mean'])} "
             + (f"| {_fmt(m.get('global_accuracy_mean'))} " if has_global else "")
-            + f"| {_fmt(trainable, ',.0f')}{_reduction(trainable, base.get('trainable_params_per_participant'))} "
-            f"| {sent / 2**20:,.1f} MiB{_reduction(sent, base_sent)} | {format_flops(m.get('flops_total'))} "
+            + f"| {_fmt(trainable, ',.0f')}{_reduction(trainable, against.get('trainable_params_per_participant'))} "
+            f"| {sent / 2**20:,.1f} MiB{_reduction(sent, base_sent if against else None)} "
+            f"| {format_flops(m.get('flops_total'))} "
             f"| {m['sim_time_s']:,.1f} | {m['wall_s']:.1f} |")
     lines += ["", "Accuracy and macro precision: mean over participants, each on its own test split "
               "(its label distribution), after the last round; ± is the spread across participants, "
@@ -233,8 +235,8 @@ def results_table(summary: dict, rows: list[dict]) -> str:
               + (" Global accuracy: each participant's model on the shared global test set (the "
                  "centralized trainer's one model there)." if has_global else "")
               + " Bytes sent: uploads plus downloads of every participant. FLOPs and simulated time "
-              "include pre-training, the local stage, LiGO generation and any fine-tuning. "
-              "(±x%): change against fedavg_scratch.", ""]
+              "include pre-training, the local stage, LiGO generation and any fine-tuning."
+              + (" (±x%): change against fedavg_scratch." if base else ""), ""]
     budgets = {name: m["budget"] for name, m in methods.items() if m.get("budget")}
     kinds = {b["kind"] for b in budgets.values()}
     if kinds and kinds != {"rounds"}:
