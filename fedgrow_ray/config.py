@@ -22,7 +22,8 @@ class ScenarioError(ValueError):
     """A scenario (or an override) is invalid; the message names the key."""
 
 
-METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "centralized_ligo")
+METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "centralized")
+BUDGETS = ("bytes", "flops", "sim_time_s")  # budget.* keys; `rounds` is always the cap
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
 BAD_UPDATES = ("nan", "inf", "shape", "name", "huge")  # faults.bad_update kinds
 
@@ -193,12 +194,22 @@ SCHEMA = {
         "pretrain_steps": (integer(0), 100),
         "pretrain_lr": (number(above=0), 1e-3),
         "local_stage_steps": (integer(0), 20),
-        # Local-LiGO keeps training beside the shared Global-LiGO: independently pre-trained
-        # small models disagree on what each hidden unit means, and a frozen Local-LiGO cannot
-        # adapt to the averaged operator (measured: Fed-Grow then stays flat; see README).
-        "joint_local": (boolean(), True),
+        # false: the paper's protocol (Local-LiGO frozen after the local stage while Global-LiGO
+        # is federated). true: this project's option, Local-LiGO keeps training beside the shared
+        # Global-LiGO in the rounds (independent_growth mirrors whichever is set).
+        "joint_local": (boolean(), False),
+        # fresh: AdamW state of the shared parameters (Global-LiGO; fedavg_scratch's model) is
+        # dropped at the start of each round, as in ordinary FedAvg and the authors' code, since
+        # the server overwrites those weights; private parameters keep theirs. keep: moments
+        # persist across rounds.
+        "shared_optimiser": (choice(("fresh", "keep")), "fresh"),
         "finetune_steps": (integer(0), 0),
         "max_grad_norm": (number(above=0, optional=True), 1.0),
+    },
+    "budget": {  # stop each method at the last round that fits (at most one set; rounds is the cap)
+        "bytes": (number(above=0, optional=True), None),       # uploads + downloads, all participants
+        "flops": (number(above=0, optional=True), None),       # everything participants compute
+        "sim_time_s": (number(above=0, optional=True), None),  # the simulated clock, setup included
     },
     "sampling": {
         "fraction": (number(above=0, maximum=1.0, optional=True), None),
@@ -209,6 +220,8 @@ SCHEMA = {
         "every": (integer(1), 1),
         "participants": (integer(1, optional=True), None),
         "batch_size": (integer(1), 64),
+        # also score each evaluated model on the shared global test set (data.global_test_size)
+        "global": (boolean(), False),
     },
     "hosts": {
         "actors": (integer(1, optional=True), None),
@@ -264,6 +277,10 @@ def _check_together(s: dict) -> None:
     if s["sampling"]["fraction"] is not None and s["sampling"]["count"] is not None:
         raise ScenarioError("scenario keys 'sampling.fraction' and 'sampling.count' are both set; "
                             "set at most one")
+    budgets = [key for key in BUDGETS if s["budget"][key] is not None]
+    if len(budgets) > 1:
+        raise ScenarioError(f"scenario keys {' and '.join(repr(f'budget.{k}') for k in budgets)} are "
+                            f"all set; set at most one budget (rounds stays the cap)")
     if s["sampling"]["count"] is not None and s["sampling"]["count"] > s["participants"]:
         raise ScenarioError(f"scenario key 'sampling.count': {s['sampling']['count']} is more than "
                             f"participants={s['participants']}")

@@ -110,7 +110,7 @@ class Experiment:
 
     def checkpoint_path(self, pid: int) -> Path | None:
         template = self.scenario["model"]["checkpoints"]
-        if template is None:
+        if template is None or pid == CENTER:  # the pooled trainer pre-trains its own
             return None
         path = Path(template.format(id=pid))
         if not (path / "config.json").is_file():
@@ -122,6 +122,46 @@ class Experiment:
     @functools.lru_cache(maxsize=None)
     def params(self, shape: Shape) -> int:
         return count_parameters(self.family.skeleton(shape))
+
+    @functools.lru_cache(maxsize=None)
+    def generation_flops(self, source: Shape, target: Shape) -> float:
+        """One forward growth source -> target (LiGO.generation_flops)."""
+        return LiGO.generation_flops(self.family, source, target)
+
+    def pretrain_steps(self, pid: int) -> int:
+        """Steps of small-model pre-training: training.pretrain_steps; none for a model loaded
+        from model.checkpoints. The pooled trainer (CENTER) gets the federation's total: the
+        pre-training FLOPs of every participant that holds a small shape, divided by its own
+        step's FLOPs, rounded."""
+        if pid == CENTER:
+            total = sum(self.pretrain_steps(p) * self.step_flops(self.small_shape(p)[0])
+                        for p in self._growing())
+            return round(total / self.step_flops(self.small_shape(CENTER)[0]))
+        return 0 if self.checkpoint_path(pid) is not None else self.training["pretrain_steps"]
+
+    def local_stage_step_flops(self, shape: Shape) -> float:
+        """One local-stage step: the intermediate model's step plus growing it (3 x: forward
+        and backward through Local-LiGO)."""
+        return self.step_flops(self.intermediate) + 3 * self.generation_flops(shape, self.intermediate)
+
+    def local_stage_steps(self, pid: int) -> int:
+        """Steps of the local stage: training.local_stage_steps; the pooled trainer (CENTER)
+        gets the federation's total local-stage FLOPs divided by its own step's, rounded."""
+        if pid == CENTER:
+            total = sum(self.training["local_stage_steps"] * self.local_stage_step_flops(self.small_shape(p)[0])
+                        for p in self._growing())
+            return round(total / self.local_stage_step_flops(self.small_shape(CENTER)[0]))
+        return self.training["local_stage_steps"]
+
+    def pretrain_flops(self, pid: int) -> float:
+        return self.pretrain_steps(pid) * self.step_flops(self.small_shape(pid)[0])
+
+    def local_stage_flops(self, pid: int) -> float:
+        return self.local_stage_steps(pid) * self.local_stage_step_flops(self.small_shape(pid)[0])
+
+    def _growing(self) -> list[int]:
+        """The participants that can hold a small shape (whose setup the federation pays)."""
+        return [p for p in self.participant_ids if self.small_shape(p)[0] is not None]
 
     def global_ligo_params(self) -> int:
         return LiGO.parameter_count(self.intermediate, self.target)

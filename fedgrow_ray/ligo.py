@@ -88,6 +88,56 @@ class LiGO(nn.Module):
         d1, d2, l1, l2 = source.width, target.width, source.layers, target.layers
         return d2 * d1 * (1 + 3 * l1) + l1 * target.ffn * source.ffn + len(LAYER_KINDS) * l2 * l1
 
+    @staticmethod
+    def generation_flops(family: Family, source: Shape, target: Shape) -> float:
+        """Matmul FLOPs of one forward growth (`forward`): building every `target` parameter
+        from the `source` ones, a multiply-add counted as 2 FLOPs. With expansion sizes
+        (target x source) of D2 x D1 for E, B_q, B_k, B_v and F2 x F1 for B_fc1, per tensor:
+
+            layer weight W (o1 x i1), out-side B_o (o2 x o1), in-side B_i (i2 x i1):
+                2 * o2 * o1 * i1 + 2 * o2 * i1 * i2          (B_o W, then (B_o W) B_i^T)
+            layer vector v (o1):  2 * o2 * o1                 (B_o v)
+            depth blend, per layer tensor of the target:  2 * L2 * L1 * numel(target tensor)
+            embedding table, R rows not grown (vocabulary, positions, patch inputs, CLS):
+                2 * R * D1 * D2
+            classifier head (C x D1):  2 * C * D1 * D2;  pooler weight: 2 * D2 * D1 * (D1 + D2)
+            norms and the pooler bias:  2 * D2 * D1
+
+        summed over the parameters of a `source` model of `family`. The family matters only
+        through the rows growth never widens (vocabulary, positions, classes), which dominate
+        for a text model with a large vocabulary. Training the operator costs about 3 times
+        this (forward, then gradients for inputs and weights)."""
+        check_growth(source, target)
+        sizes = {"residual": (target.width, source.width), "q": (target.width, source.width),
+                 "k": (target.width, source.width), "v": (target.width, source.width),
+                 "fc1": (target.ffn, source.ffn)}
+        d1, d2, l1, l2 = source.width, target.width, source.layers, target.layers
+        params = dict(family.skeleton(source).named_parameters())
+        flops = 0
+        for name, role in family.roles(params).items():
+            tensor = params[name]
+            if role.layer is None:
+                if role.kind == "embedding":
+                    flops += 2 * (tensor.numel() // d1) * d1 * d2
+                elif role.kind == "head":
+                    flops += 2 * tensor.shape[0] * d1 * d2 if tensor.dim() == 2 else 0
+                elif tensor.dim() == 2:  # pooler weight: E W E^T
+                    flops += 2 * d2 * d1 * d1 + 2 * d2 * d1 * d2
+                else:
+                    flops += 2 * d2 * d1
+                continue
+            o2, o1 = sizes[_OUT[role.kind]]
+            if tensor.dim() == 2:
+                i2, i1 = sizes[_IN[role.kind]]
+                flops += 2 * o2 * o1 * i1 + 2 * o2 * i1 * i2
+                grown = o2 * i2
+            else:
+                flops += 2 * o2 * o1
+                grown = o2
+            if role.layer == 0:  # one depth blend per (kind, tensor): L2 target layers from L1
+                flops += 2 * l2 * l1 * grown
+        return float(flops)
+
     # ---- initialisation ---------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

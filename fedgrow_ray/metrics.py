@@ -23,6 +23,19 @@ def macro_precision(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(precisions))
 
 
+def majority_label(train_labels: np.ndarray) -> int:
+    """The most frequent label of a training split (the smallest label on a tie)."""
+    return int(np.bincount(np.asarray(train_labels, dtype=np.int64)).argmax())
+
+
+def majority_accuracy(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
+    """Accuracy on `test_labels` of always predicting the majority label of `train_labels`:
+    the reference a label-skewed personal split gives for free."""
+    if not len(train_labels):
+        return float("nan")
+    return accuracy(np.asarray(test_labels), np.full(len(test_labels), majority_label(train_labels)))
+
+
 def state_bytes(state: dict[str, torch.Tensor] | None) -> int:
     """Bytes a participant sends or receives for `state` (tensor payloads, names not counted)."""
     if not state:

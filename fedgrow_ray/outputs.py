@@ -9,7 +9,7 @@
     events.log      notices: exclusions, failures, rejected updates, empty rounds
     summary.json    per-method results (written when the run completes)
     results.md      a table of the summary
-    curves.png      accuracy against round and against bytes sent, one line per method
+    curves.png      accuracy against round, bytes sent and FLOPs, one line per method
 
 Every file but the two append-only logs is written to a temporary name and renamed, so none is
 ever half-written; a run that fails says so in status.json and keeps what it finished.
@@ -177,32 +177,75 @@ def _fmt(value, spec: str = ".3f", none: str = "–") -> str:
 
 def _reduction(value, baseline) -> str:
     if value is None or not baseline:
+        return ""
+    return f" (-{100 * (1 - value / baseline):.1f}%)" if value <= baseline else \
+        f" (+{100 * (value / baseline - 1):.1f}%)"
+
+
+def format_flops(value) -> str:
+    """FLOPs with an SI prefix: 3.41 TFLOP."""
+    if value is None:
         return "–"
-    return f"{100 * (1 - value / baseline):.1f}%"
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}FLOP"
+    return f"{value:.3g} FLOP"
+
+
+def _budget(kind: str, value) -> str:
+    if kind == "bytes":
+        return f"{value / 2**20:,.2f} MiB"
+    if kind == "flops":
+        return format_flops(value)
+    if kind == "sim_time_s":
+        return f"{value:,.1f} s"
+    return f"{value}"
 
 
 def results_table(summary: dict, rows: list[dict]) -> str:
-    """A Markdown table of every method, with reductions against fedavg_scratch if it ran."""
+    """A Markdown table of every method, with changes against fedavg_scratch if it ran."""
     methods = summary["methods"]
     base = methods.get("fedavg_scratch", {})
+    base_sent = base.get("bytes_up_total", 0) + base.get("bytes_down_total", 0) if base else None
+    has_global = any(m.get("global_accuracy_mean") is not None for m in methods.values())
     lines = [
         f"# {summary['scenario']} (seed {summary['seed']})", "",
-        "| method | accuracy mean | accuracy std | macro precision | trainable params / participant "
-        "| vs fedavg_scratch | bytes sent | vs fedavg_scratch | wall time (s) | simulated time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | rounds | accuracy (mean ± std) | majority-class ref. | macro precision "
+        + ("| global accuracy " if has_global else "")
+        + "| trainable params / participant | bytes sent | FLOPs | simulated time (s) | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_global else ""),
     ]
     for name, m in methods.items():
         sent = m["bytes_up_total"] + m["bytes_down_total"]
-        base_sent = base.get("bytes_up_total", 0) + base.get("bytes_down_total", 0) if base else None
+        trainable = m["trainable_params_per_participant"]
+        against = {} if name == "fedavg_scratch" else base
+        accuracy = _fmt(m["accuracy_mean"]) + ("" if m["accuracy_std"] is None else f" ± {m['accuracy_std']:.3f}")
         lines.append(
-            f"| {name} | {_fmt(m['accuracy_mean'])} | {_fmt(m['accuracy_std'])} "
-            f"| {_fmt(m['macro_precision_mean'])} | {_fmt(m['trainable_params_per_participant'], ',.0f')} "
-            f"| {_reduction(m['trainable_params_per_participant'], base.get('trainable_params_per_participant'))} "
-            f"| {sent / 2**20:,.1f} MiB | {_reduction(sent, base_sent)} "
-            f"| {m['wall_s']:.1f} | {m['sim_time_s']:.1f} |")
+            f"| {name} | {m['rounds']} | {accuracy} | {_fmt(m.get('majority_accuracy_mean'))} "
+            f"| {_fmt(m['macro_precision_mean'])} "
+            + (f"| {_fmt(m.get('global_accuracy_mean'))} " if has_global else "")
+            + f"| {_fmt(trainable, ',.0f')}{_reduction(trainable, against.get('trainable_params_per_participant'))} "
+            f"| {sent / 2**20:,.1f} MiB{_reduction(sent, base_sent if against else None)} "
+            f"| {format_flops(m.get('flops_total'))} "
+            f"| {m['sim_time_s']:,.1f} | {m['wall_s']:.1f} |")
     lines += ["", "Accuracy and macro precision: mean over participants, each on its own test split "
-              "(its label distribution), after the last round. Bytes sent: uploads plus downloads "
-              "of every participant. 'vs fedavg_scratch': reduction against it.", ""]
+              "(its label distribution), after the last round; ± is the spread across participants, "
+              "not an interval. Majority-class ref.: each participant always predicting its training "
+              "split's most frequent label, on the same splits."
+              + (" Global accuracy: each participant's model on the shared global test set (the "
+                 "centralized trainer's one model there)." if has_global else "")
+              + " Bytes sent: uploads plus downloads of every participant. FLOPs and simulated time "
+              "include pre-training, the local stage, LiGO generation and any fine-tuning."
+              + (" (±x%): change against fedavg_scratch." if base else ""), ""]
+    budgets = {name: m["budget"] for name, m in methods.items() if m.get("budget")}
+    kinds = {b["kind"] for b in budgets.values()}
+    if kinds and kinds != {"rounds"}:
+        kind = kinds.pop()
+        limit = next(iter(budgets.values()))["limit"]
+        lines.append(f"Budget: {kind} {_budget(kind, limit)} per method (and at most the scenario's "
+                     f"rounds); each method stopped at the last round within it. "
+                     "Spent: " + ", ".join(f"{name} {_budget(kind, b['spent'])}" for name, b in budgets.items()))
+        lines.append("")
     dropped = {k: sum(r.get(k, 0) for r in rows) for k in
                ("dropped_deadline", "unavailable", "excluded_memory", "failed", "rejected")}
     if any(dropped.values()):
@@ -213,15 +256,15 @@ def results_table(summary: dict, rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Accuracy against round and against cumulative bytes sent, one line per method."""
+    """Accuracy against round, cumulative bytes sent and cumulative FLOPs, one line per method."""
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (by_round, by_bytes, by_flops) = plt.subplots(1, 3, figsize=(15, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
-        sent, xs, bs, ys = 0, [], [], []
+        sent, xs, bs, fs, ys = 0, [], [], [], []
         for r in rows:
             if r["method"] != method:
                 continue
@@ -229,14 +272,18 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             if r.get("eval_accuracy") is not None:
                 xs.append(r["round"])
                 bs.append(sent / 2**20)
+                fs.append(r.get("flops_total", 0.0))
                 ys.append(r["eval_accuracy"])
         by_round.plot(xs, ys, marker="o", label=method)
         by_bytes.plot(bs, ys, marker="o", label=method)
+        by_flops.plot(fs, ys, marker="o", label=method)
     by_round.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     by_round.set(xlabel="round", ylabel="accuracy (mean over participants)", title="accuracy by round")
     by_bytes.set(xlabel="MiB sent (up + down, all participants)", ylabel="accuracy",
                  title="accuracy by communication")
-    for ax in (by_round, by_bytes):
+    by_flops.set(xlabel="FLOPs (all participants, setup included)", ylabel="accuracy",
+                 title="accuracy by compute")
+    for ax in (by_round, by_bytes, by_flops):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -31,7 +31,13 @@ from torch import nn
 from .experiment import Experiment
 from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
-from .training import batch_stream, derive_seed, make_optimiser, train_steps
+from .training import batch_stream, derive_seed, make_optimiser, predict, train_steps
+
+
+def _scores(labels_predictions) -> dict:
+    labels, predictions = labels_predictions
+    return {"accuracy": accuracy(labels, predictions), "macro_precision": macro_precision(labels, predictions),
+            "test_samples": len(labels)}
 
 
 class Participant:
@@ -41,7 +47,7 @@ class Participant:
         shape, reason = experiment.small_shape(pid)
         if shape is None:
             raise ValueError(f"participant {pid} cannot hold any small shape: {reason}")
-        self.id, self.shape, self.device = pid, shape, device
+        self.id, self.shape, self.device = pid, shape, torch.device(device)
         self.experiment = experiment
         self.data = experiment.participant_data(pid)
         self.method_state: dict[str, object] = {}
@@ -58,7 +64,7 @@ class Participant:
     @property
     def small_model(self):
         """The pre-trained small model: loaded from its checkpoint folder, or built and
-        pre-trained on this participant's own data for the scenario's budget."""
+        pre-trained on this participant's own data for its budget (Experiment.pretrain_steps)."""
         if self._small_model is None:
             exp = self.experiment
             checkpoint = exp.checkpoint_path(self.id)
@@ -67,15 +73,20 @@ class Participant:
             else:
                 model = exp.family.build(self.shape, seed=derive_seed(exp.seed, self.id, "small-init"))
             model.to(self.device).train()
-            steps = exp.training["pretrain_steps"] if checkpoint is None else 0
+            steps = exp.pretrain_steps(self.id)
             if steps:
-                self.seed_torch("pretrain")
-                optimiser = make_optimiser(model.parameters(), exp.training["pretrain_lr"],
-                                           exp.training["weight_decay"])
-                batches = batch_stream(self.data.train, exp.training["batch_size"],
-                                       self.generator("pretrain"))
-                train_steps(lambda b: model(**b).loss, optimiser, batches, steps, self.device,
-                            exp.training["max_grad_norm"])
+                # Pre-training happens inside whichever method first needs the small model; it
+                # must not move that method's random stream (dropout), or a method would draw
+                # differently depending on which ran before it on this host.
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    self.seed_torch("pretrain")
+                    optimiser = make_optimiser(model.parameters(), exp.training["pretrain_lr"],
+                                               exp.training["weight_decay"])
+                    batches = batch_stream(self.data.train, exp.training["batch_size"],
+                                           self.generator("pretrain"))
+                    train_steps(lambda b: model(**b).loss, optimiser, batches, steps, self.device,
+                                exp.training["max_grad_norm"])
             self._small_model = model.eval().requires_grad_(False)
         return self._small_model
 
@@ -263,7 +274,7 @@ class ParticipantHost:
 
     def _state(self, method: Method, participant: Participant):
         if method.name not in participant.method_state:
-            participant.seed_torch(method.name, "setup")
+            participant.seed_torch(method.stream, "setup")
             participant.method_state[method.name] = method.setup(participant)
             self.dirty.add(participant.id)
         return participant.method_state[method.name]
@@ -280,7 +291,7 @@ class ParticipantHost:
             participant = self.participant(pid)
             with self.working(participant):
                 state = self._state(method, participant)
-                participant.seed_torch(method.name, "round", round_number)
+                participant.seed_torch(method.stream, "round", round_number)
                 update, loss = method.train(participant, state, shared, round_number)
                 if update is not None:  # what leaves the host is always in CPU memory
                     update = {name: tensor.cpu() for name, tensor in update.items()}
@@ -307,28 +318,54 @@ class ParticipantHost:
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
                  final: bool = False, subject: int | None = None) -> list[dict]:
-        """Each participant's accuracy and macro precision on its own test split, with the
-        current shared state and its own model, or `subject`'s model (the centralized
-        trainer's); `final` first applies the method's end-of-run step (e.g. local fine-tuning
-        of the grown model), once per model."""
+        """Each participant's accuracy and macro precision on its own test split with the
+        current shared state and its own model (and, with eval.global, the same model's accuracy
+        on the shared global test set); `final` first applies the method's end-of-run step (e.g.
+        local fine-tuning of the grown model), once per model. With `subject` (the pooled
+        trainer of `centralized`), that one model is scored on the global test set, and on each
+        participant's split after a personal fine-tune of a copy (Method.personal_model)."""
         method = self.method(method_name)
-        results, trainable = [], {}
+        batch_size = self.experiment.scenario["eval"]["batch_size"]
+        if subject is not None:
+            return self._evaluate_pooled(method, pids, shared, final, subject, batch_size)
+        global_test = self.experiment.data.global_test if self.experiment.scenario["eval"]["global"] else None
+        results = []
         for pid in pids:
-            owner = self.participant(pid if subject is None else subject)
+            owner = self.participant(pid)
             with self.working(owner):
                 state = self._state(method, owner)
-                if owner.id not in trainable:
-                    trainable[owner.id] = method.trainable_params(owner, state)
-                    if final:
-                        owner.seed_torch(method.name, "finish")
-                        state = owner.method_state[method.name] = method.finish(owner, state, shared)
-                        self.dirty.add(owner.id)
-                test = owner.data.test if subject is None else self.experiment.participant_data(pid).test
-                labels, predictions = method.predict(owner, state, shared, test,
-                                                     self.experiment.scenario["eval"]["batch_size"])
-            results.append({"id": pid, "accuracy": accuracy(labels, predictions),
-                            "macro_precision": macro_precision(labels, predictions),
-                            "test_samples": len(labels), "trainable_params": trainable[owner.id]})
+                trainable = method.trainable_params(owner, state)
+                if final:
+                    owner.seed_torch(method.stream, "finish")
+                    state = owner.method_state[method.name] = method.finish(owner, state, shared)
+                    self.dirty.add(owner.id)
+                result = {"id": pid, **_scores(method.predict(owner, state, shared, owner.data.test, batch_size)),
+                          "trainable_params": trainable}
+                if global_test is not None:
+                    labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
+                    result["global_accuracy"] = accuracy(labels, predictions)
+            results.append(result)
+        return results
+
+    def _evaluate_pooled(self, method, pids, shared, final, subject, batch_size) -> list[dict]:
+        owner = self.participant(subject)
+        results = []
+        with self.working(owner):
+            state = self._state(method, owner)
+            trainable = method.trainable_params(owner, state)
+            if final:
+                owner.seed_torch(method.stream, "finish")
+                state = owner.method_state[method.name] = method.finish(owner, state, shared)
+                self.dirty.add(owner.id)
+            labels, predictions = method.predict(owner, state, shared, owner.data.test, batch_size)
+            global_accuracy = accuracy(labels, predictions)
+            base = method.standalone_model(owner, state, shared)
+            for pid in pids:
+                data = self.experiment.participant_data(pid)
+                model = method.personal_model(owner, base, data.train, pid)
+                scores = _scores(predict(lambda b: model(**b).logits, data.test, batch_size, owner.device))
+                results.append({"id": pid, **scores, "global_accuracy": global_accuracy,
+                                "trainable_params": trainable})
         return results
 
     def checkpoint(self, tick: int) -> int:

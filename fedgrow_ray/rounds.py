@@ -2,7 +2,8 @@
 those whose memory cannot hold the method and those unreachable this round, put the rest on
 the virtual clock, drop the ones that would miss the deadline (before running them: their
 update would be discarded anyway), run the others through an executor, validate the updates,
-aggregate, evaluate on schedule, record one metrics row, and checkpoint on schedule.
+aggregate, evaluate on schedule, record one metrics row, and checkpoint on schedule; and
+whether the next round still fits the method's budget (rounds, bytes, FLOPs or simulated time).
 
 The executor decides where participants run: `LocalExecutor` (below) in this process, one
 after another; the Ray executor in actors/ on a pool of participant actors. Both run the same
@@ -24,7 +25,7 @@ from .devices import apply_deadline, format_mib, is_available, sample_participan
 from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
 from .methods import get_method
-from .metrics import state_bytes
+from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost
 from .training import derive_seed
 
@@ -109,9 +110,29 @@ def _std(values):
     return float(np.std(values)) if values else None
 
 
+def budget_of(scenario: dict) -> tuple[str, float]:
+    """(kind, limit): the budget.* key that is set, or ("rounds", rounds)."""
+    for kind, limit in scenario["budget"].items():
+        if limit is not None:
+            return kind, limit
+    return "rounds", scenario["rounds"]
+
+
 class MethodRun:
     """The rounds of one method. `record(row)` receives each metrics row, `log(text)` notices,
-    `progress(event)` updates for a progress display; `resume` is a snapshot to continue from."""
+    `progress(event)` updates for a progress display; `resume` is a snapshot to continue from.
+
+    Costs: a round charges the FLOPs of the participants it keeps (their round's training, and
+    the setup of those taking part for the first time: pre-training, local stage), the bytes
+    they download and upload, and simulated time: the slowest newcomer's setup on its own
+    device (setup_sim_s), then the round under its deadline (sim_time_s). The final evaluation
+    adds the end-of-run step (fine-tuning). Evaluation itself is measurement and costs nothing,
+    including the setup a participant that never trained needs in order to be scored.
+
+    Budgets: with budget.bytes / flops / sim_time_s, after each round's aggregation the run
+    plans the next round (a pure function of the state, memoised for that round) and stops if
+    its cost, plus the end-of-run step, would take the spend past the limit; the round just run
+    is then the final one. `rounds` is always the cap."""
 
     def __init__(self, experiment: Experiment, method_name: str, executor: Executor,
                  record: Callable[[dict], None], log: Callable[[str], None],
@@ -121,6 +142,7 @@ class MethodRun:
         self.record, self.log = record, log
         self.progress = progress or (lambda event: None)
         self.scenario = experiment.scenario
+        self.budget_kind, self.budget_limit = budget_of(self.scenario)
         self.shared = self.method.initial_shared()
         # Download accounting: a participant receives the shared tensors that changed since the
         # version it last received (the frozen intermediate model of the reference-code
@@ -128,23 +150,29 @@ class MethodRun:
         self.changed_round = {name: 0 for name in self.shared or {}}
         self.received: dict[int, int] = {}
         self.shared_names: set[str] = set()
-        self.totals = {"bytes_up": 0, "bytes_down": 0, "sim_time_s": 0.0, "wall_s": 0.0}
+        self.totals = {"bytes_up": 0, "bytes_down": 0, "flops": 0.0, "sim_time_s": 0.0, "wall_s": 0.0}
+        self.set_up: set[int] = set()  # participants whose setup has been charged
+        self.stopped = False           # the final round (or the round-0 evaluation) is done
         self.last_eval: dict | None = None
         self.sampled: dict[int, list[int]] = {}
         self.round = 0
         self._excluded_reason: dict[int, str | None] = {}
+        self._plans: dict[int, dict] = {}
+        self._majority: dict[int, float] = {}
         if resume is not None:
             self.shared, self.round = resume["shared"], resume["round"]
             self.shared_names = set(resume["shared_names"])
             self.totals, self.last_eval = dict(resume["totals"]), resume["last_eval"]
             self.sampled = {int(k): v for k, v in resume["sampled"].items()}
             self.changed_round, self.received = dict(resume["changed_round"]), dict(resume["received"])
+            self.set_up, self.stopped = set(resume["set_up"]), resume["stopped"]
 
     def snapshot(self) -> dict:
         """What the driver checkpoints for this method after a round."""
         return {"shared": self.shared, "round": self.round, "shared_names": sorted(self.shared_names),
                 "totals": dict(self.totals), "last_eval": self.last_eval, "sampled": dict(self.sampled),
-                "changed_round": dict(self.changed_round), "received": dict(self.received)}
+                "changed_round": dict(self.changed_round), "received": dict(self.received),
+                "set_up": sorted(self.set_up), "stopped": self.stopped}
 
     def download_bytes(self, pid: int) -> int:
         have = self.received.get(pid, -1)
@@ -154,7 +182,7 @@ class MethodRun:
     # ---- who can take part --------------------------------------------------------------------
     def exclusion(self, pid: int) -> str | None:
         """Why a participant cannot run this method (memory), or None; logged once."""
-        if self.method.centralized:  # participants only lend their test splits
+        if self.method.centralized:  # participants only lend their data and test splits
             return None
         if pid not in self._excluded_reason:
             shape, reason = self.exp.small_shape(pid)
@@ -179,15 +207,75 @@ class MethodRun:
             ids = sample_participants(ids, 0, self.exp.seed, count=count)
         return [pid for pid in ids if self.exclusion(pid) is None]
 
+    # ---- costs --------------------------------------------------------------------------------
+    def _seconds(self, pid: int, flops: float) -> float:
+        return simulated_time(self.exp.profile(pid), flops, 0, 0,
+                              self.scenario["devices"]["reference_gflops"]).total_s
+
+    def finish_cost(self) -> dict:
+        """FLOPs and simulated seconds of the end-of-run step over the evaluated participants
+        (fine-tuning; for centralized, also the personal fine-tune of each participant's copy)."""
+        pids = self.eval_participants()
+        if self.method.centralized:
+            flops = self.method.finish_flops(CENTER) + len(pids) * self.method.personal_flops()
+            return {"flops": flops, "sim_s": self._seconds(CENTER, flops)}
+        if not self.scenario["training"]["finetune_steps"]:
+            return {"flops": 0.0, "sim_s": 0.0}
+        each = {pid: self.method.finish_flops(pid) for pid in pids}
+        return {"flops": float(sum(each.values())),
+                "sim_s": max((self._seconds(pid, f) for pid, f in each.items()), default=0.0)}
+
+    def spent(self) -> float:
+        return {"rounds": self.round, "bytes": self.totals["bytes_up"] + self.totals["bytes_down"],
+                "flops": self.totals["flops"], "sim_time_s": self.totals["sim_time_s"]}[self.budget_kind]
+
+    def fits(self, round_number: int, rounds: int) -> bool:
+        """Whether round `round_number` can run: within the rounds cap and, with a budget,
+        the spend so far plus its planned cost plus the end-of-run step stays within it."""
+        if round_number > rounds:
+            return False
+        if self.budget_kind == "rounds":
+            return True
+        plan, finish = self.plan(round_number), self.finish_cost()
+        key = {"bytes": ("bytes", None), "flops": ("flops", "flops"), "sim_time_s": ("sim_s", "sim_s")}
+        cost_key, finish_key = key[self.budget_kind]
+        total = self.spent() + plan[cost_key] + (finish[finish_key] if finish_key else 0)
+        if total <= self.budget_limit:
+            return True
+        if round_number > 1:
+            self.log(f"{self.method.name}: round {round_number} would bring {self.budget_kind} to "
+                     f"{total:.6g} > budget.{self.budget_kind}={self.budget_limit:.6g}; round "
+                     f"{round_number - 1} is the last")
+        return False
+
     # ---- one round ----------------------------------------------------------------------------
     def plan(self, round_number: int) -> dict:
-        """Who is asked, who is set aside and why, and each runner's simulated time."""
+        """Who is asked, who is set aside and why, each runner's simulated time, and what the
+        round costs; a pure function of the state, memoised until that round runs."""
+        if round_number not in self._plans:
+            self._plans = {round_number: self._plan(round_number)}
+        return self._plans[round_number]
+
+    def _plan(self, round_number: int) -> dict:
+        reference = self.scenario["devices"]["reference_gflops"]
         if self.method.centralized:
-            time_ = simulated_time(self.exp.profile(CENTER), self.method.round_flops(None), 0, 0,
-                                   self.scenario["devices"]["reference_gflops"])
-            return {"asked": [CENTER], "excluded": [], "reachable": [CENTER], "times": {CENTER: time_},
+            flops = self.method.round_flops(None)
+            time_ = simulated_time(self.exp.profile(CENTER), flops, 0, 0, reference)
+            plan = {"asked": [CENTER], "excluded": [], "reachable": [CENTER], "times": {CENTER: time_},
                     "download": {CENTER: 0}, "kept": [CENTER], "missed_deadline": [], "not_needed": [],
-                    "round_time_s": time_.total_s}
+                    "round_time_s": time_.total_s, "upload": 0, "flops_each": {CENTER: flops}}
+        else:
+            plan = self._participants_plan(round_number, reference)
+        newcomers = [p for p in plan["kept"] if p not in self.set_up]
+        setup = {p: self.method.setup_flops(p) for p in newcomers}
+        plan["newcomers"] = newcomers
+        plan["flops"] = float(sum(plan["flops_each"].values()) + sum(setup.values()))
+        plan["setup_sim_s"] = max((self._seconds(p, f) for p, f in setup.items()), default=0.0)
+        plan["sim_s"] = plan["setup_sim_s"] + plan["round_time_s"]
+        plan["bytes"] = len(plan["kept"]) * plan["upload"] + sum(plan["download"].values())
+        return plan
+
+    def _participants_plan(self, round_number: int, reference: float) -> dict:
         sampling, seed = self.scenario["sampling"], self.exp.seed
         asked = sample_participants(self.exp.participant_ids, round_number, seed,
                                     fraction=sampling["fraction"], count=sampling["count"],
@@ -197,10 +285,10 @@ class MethodRun:
                      and is_available(self.exp.profile(p), p, round_number, seed)]
         times, download = {}, {pid: self.download_bytes(pid) for pid in reachable}
         upload = self.method.upload_bytes(self.shared)
+        flops_each = {}
         for pid in reachable:
-            shape, _ = self.exp.small_shape(pid)
-            times[pid] = simulated_time(self.exp.profile(pid), self.method.round_flops(shape),
-                                        upload, download[pid], self.scenario["devices"]["reference_gflops"])
+            flops_each[pid] = self.method.round_flops(self.exp.small_shape(pid)[0])
+            times[pid] = simulated_time(self.exp.profile(pid), flops_each[pid], upload, download[pid], reference)
         keep_first = None
         if sampling["over_selection"] > 1.0:
             n = len(self.exp.participant_ids)
@@ -211,7 +299,8 @@ class MethodRun:
         missed = [p for p in late if deadline is not None and times[p].total_s > deadline]
         return {"asked": asked, "excluded": excluded, "reachable": reachable, "times": times,
                 "download": download, "kept": kept, "missed_deadline": missed,
-                "not_needed": [p for p in late if p not in missed], "round_time_s": round_time}
+                "not_needed": [p for p in late if p not in missed], "round_time_s": round_time,
+                "upload": upload, "flops_each": {p: flops_each[p] for p in kept}}
 
     def _lost_uploads(self, results: list[dict], round_number: int) -> list[dict]:
         """Fault injection: uploads lost on the way, each with probability faults.drop_upload."""
@@ -219,7 +308,7 @@ class MethodRun:
         if not p:
             return []
         draw = lambda pid: np.random.default_rng(  # noqa: E731
-            derive_seed(self.exp.seed, pid, self.method.name, round_number, "drop-upload")).random()
+            derive_seed(self.exp.seed, pid, self.method.stream, round_number, "drop-upload")).random()
         return [r for r in results if r["update"] is not None and draw(r["id"]) < p]
 
     def _corrupt(self, results: list[dict], round_number: int) -> None:
@@ -234,6 +323,7 @@ class MethodRun:
     def run_round(self, round_number: int, rounds: int) -> dict:
         start = time.perf_counter()
         plan = self.plan(round_number)
+        self._plans.pop(round_number)
         kept, times = plan["kept"], plan["times"]
         self.sampled[round_number] = plan["asked"]
         sleep_s = {p: times[p].total_s for p in kept} if self.scenario["hosts"]["sleep"] else None
@@ -286,9 +376,13 @@ class MethodRun:
                 self.log(f"{self.method.name} round {round_number}: no update arrived in time; "
                          f"the shared state is unchanged")
         bytes_up = sum(state_bytes(r["update"]) for r in results + lost)
+        self.set_up.update(plan["newcomers"])
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
-        self.totals["sim_time_s"] += plan["round_time_s"]
+        self.totals["flops"] += plan["flops"]
+        self.totals["sim_time_s"] += plan["sim_s"]
+        self.round = round_number
+        final = not self.fits(round_number + 1, rounds)
         samples = [r["samples"] for r in results]
         row = {
             "method": self.method.name, "round": round_number,
@@ -297,7 +391,7 @@ class MethodRun:
             "unavailable": len(plan["asked"]) - len(plan["excluded"]) - len(plan["reachable"]),
             "excluded_memory": len(plan["excluded"]), "failed": len(failures), "rejected": rejected,
             "aggregated": len(accepted), "bytes_up": bytes_up, "bytes_down": bytes_down,
-            "sim_time_s": plan["round_time_s"], "sim_clock_s": self.totals["sim_time_s"],
+            "flops": plan["flops"], "setup_sim_s": plan["setup_sim_s"], "sim_time_s": plan["round_time_s"],
             "train_loss": (float(np.average([r["train_loss"] for r in results], weights=samples))
                            if results and sum(samples) else None),
         }
@@ -309,16 +403,54 @@ class MethodRun:
             row["resident_max"] = max(r["resident"] for r in results)
             row["spilled"] = sum(r["spilled"] for r in results)
             row["reloaded"] = sum(r["reloaded"] for r in results)
-        if round_number == rounds or round_number % self.scenario["eval"]["every"] == 0:
-            self.last_eval = self.evaluate(final=round_number == rounds)
-            row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})
-        row["wall_s"] = time.perf_counter() - start
-        self.totals["wall_s"] += row["wall_s"]
-        self.round = round_number
-        self.record(row)
+        evaluate = final or round_number % self.scenario["eval"]["every"] == 0
+        self._close(row, final, evaluate, start)
         self.progress({**event, "phase": "end", "done": len(results),
                        "accuracy": (self.last_eval or {}).get("accuracy")})
         return row
+
+    def run_no_round(self) -> dict:
+        """When not even round 1 fits the budget: no round; the initial state is evaluated (with
+        the end-of-run step if that alone fits) and recorded as round 0."""
+        start = time.perf_counter()
+        finish = self.finish_cost()
+        finish_spend = {"bytes": 0, "flops": finish["flops"], "sim_time_s": finish["sim_s"]}[self.budget_kind]
+        final = self.spent() + finish_spend <= self.budget_limit
+        self.log(f"{self.method.name}: not even round 1 fits budget.{self.budget_kind}="
+                 f"{self.budget_limit:.6g}; no round is run, the initial state is evaluated as round 0"
+                 + ("" if final else " (without the end-of-run step, which does not fit either)"))
+        row = {"method": self.method.name, "round": 0, "sampled": 0, "completed": 0,
+               "dropped_deadline": 0, "over_selected": 0, "unavailable": 0, "excluded_memory": 0,
+               "failed": 0, "rejected": 0, "aggregated": 0, "bytes_up": 0, "bytes_down": 0,
+               "flops": 0.0, "setup_sim_s": 0.0, "sim_time_s": 0.0, "train_loss": None}
+        self._close(row, final, True, start)
+        self.stopped = True
+        return row
+
+    def _close(self, row: dict, final: bool, evaluate: bool, start: float) -> None:
+        """End of a round: the evaluation (and, when final, the end-of-run step and its cost),
+        the running totals, and the row."""
+        finish = self.finish_cost() if final else {"flops": 0.0, "sim_s": 0.0}
+        self.totals["flops"] += finish["flops"]
+        self.totals["sim_time_s"] += finish["sim_s"]
+        row["flops"] += finish["flops"]
+        row.update({"finish_sim_s": finish["sim_s"], "flops_total": self.totals["flops"],
+                    "sim_clock_s": self.totals["sim_time_s"]})
+        if evaluate:
+            self.last_eval = self.evaluate(final=final)
+            row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})
+        row["wall_s"] = time.perf_counter() - start
+        self.totals["wall_s"] += row["wall_s"]
+        self.stopped = final
+        self.record(row)
+
+    def majority(self, pid: int) -> float:
+        """The majority-class reference of a participant: its training split's most frequent
+        label, scored on its personal test split."""
+        if pid not in self._majority:
+            data = self.exp.participant_data(pid)
+            self._majority[pid] = majority_accuracy(data.train.labels, data.test.labels)
+        return self._majority[pid]
 
     def evaluate(self, final: bool) -> dict:
         pids = self.eval_participants()
@@ -327,30 +459,49 @@ class MethodRun:
         results.sort(key=lambda r: r["id"])
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} evaluation: participant {pid} failed: {reason}")
+        for result in results:
+            result["majority_accuracy"] = self.majority(result["id"])
         accuracies = [r["accuracy"] for r in results]
-        return {"accuracy": _mean(accuracies), "accuracy_std": _std(accuracies),
-                "macro_precision": _mean([r["macro_precision"] for r in results]),
-                "participants": len(results),
-                "per_participant": results}
+        scores = {"accuracy": _mean(accuracies), "accuracy_std": _std(accuracies),
+                  "macro_precision": _mean([r["macro_precision"] for r in results]),
+                  "majority_accuracy": _mean([r["majority_accuracy"] for r in results]),
+                  "participants": len(results)}
+        if any("global_accuracy" in r for r in results):
+            scores["global_accuracy"] = _mean([r.get("global_accuracy") for r in results])
+        return {**scores, "per_participant": results}
 
     # ---- the whole method ---------------------------------------------------------------------
     def run(self, checkpoint: Callable[["MethodRun"], None] | None = None) -> dict:
         rounds, every = self.scenario["rounds"], self.scenario["checkpoint_every"]
-        for round_number in range(self.round + 1, rounds + 1):
+        if self.round == 0 and not self.stopped and not self.fits(1, rounds):
+            self.run_no_round()
+            if checkpoint and every:
+                checkpoint(self)
+        while not self.stopped:
+            round_number = self.round + 1
             self.run_round(round_number, rounds)
-            if checkpoint and every and (round_number % every == 0 or round_number == rounds):
+            if checkpoint and every and (round_number % every == 0 or self.stopped):
                 checkpoint(self)
         self.executor.release(self.method.name)
         final = self.last_eval or {}
         per_participant = final.get("per_participant", [])
+        by_id = lambda key: {r["id"]: r.get(key) for r in per_participant}  # noqa: E731
         return {
             "accuracy_mean": final.get("accuracy"), "accuracy_std": final.get("accuracy_std"),
             "macro_precision_mean": final.get("macro_precision"),
+            "global_accuracy_mean": final.get("global_accuracy"),
+            "majority_accuracy_mean": final.get("majority_accuracy"),
             "trainable_params_per_participant": _mean([r["trainable_params"] for r in per_participant]),
             "shared_params": sum(t.numel() for t in (self.shared or {}).values()),
             "bytes_up_total": self.totals["bytes_up"], "bytes_down_total": self.totals["bytes_down"],
-            "sim_time_s": self.totals["sim_time_s"], "rounds": rounds, "wall_s": self.totals["wall_s"],
-            "per_participant_accuracy": {r["id"]: r["accuracy"] for r in per_participant},
+            "flops_total": self.totals["flops"], "sim_time_s": self.totals["sim_time_s"],
+            "rounds": self.round, "wall_s": self.totals["wall_s"],
+            "budget": {"kind": self.budget_kind, "limit": self.budget_limit, "spent": self.spent()},
+            "per_participant_accuracy": by_id("accuracy"),
+            "per_participant_macro_precision": by_id("macro_precision"),
+            "per_participant_majority_accuracy": by_id("majority_accuracy"),
+            "per_participant_global_accuracy": (by_id("global_accuracy") if "global_accuracy" in final
+                                                else None),
             "shared_sha256": state_sha256(self.shared) if self.shared else None,
             "shared_tensor_names": sorted(self.shared_names),
         }

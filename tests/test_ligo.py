@@ -127,6 +127,26 @@ def test_gradients_reach_every_operator_parameter_and_never_the_small_model(fami
     assert all(p.grad is None and not p.requires_grad for p in dual.small_model.parameters())
 
 
+@pytest.mark.parametrize("source, target", [(Shape(16, 1, 2, 32), Shape(24, 2, 2, 48)),
+                                            (Shape(32, 2, 4), Shape(48, 4, 4))])
+def test_generation_flops_count_the_growth_matmuls(family, source, target):
+    """The formula against torch's own FLOP counter on a real growth; the counter skips
+    matrix-vector products (aten.mv), which the formula counts for the norms and pooler bias
+    outside the layers: 2 * D2 * D1 each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ligo = LiGO(family, source, target, seed=0)
+    params = dict(family.skeleton(source).named_parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ligo(params)
+    roles = family.roles(params)
+    vectors = sum(1 for name, role in roles.items() if role.layer is None
+                  and role.kind in ("norm", "pooler") and params[name].dim() == 1)
+    assert vectors >= 2
+    expected = counter.get_total_flops() + vectors * 2 * target.width * source.width
+    assert LiGO.generation_flops(family, source, target) == expected
+
+
 def test_names_say_who_owns_each_tensor(text_family):
     dual = DualLiGO(text_family.build(Shape(16, 1, 2)), Shape(16, 2, 2), Shape(24, 2, 2))
     shared = dual.global_state()

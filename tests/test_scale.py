@@ -17,11 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_spilled_participant_continues_from_its_state(tmp_path, cache):
-    scenario = tiny("hosts.max_resident=1")
+    # Moments kept across rounds and Local-LiGO trained too: all the optimiser state there is.
+    kept = ("training.shared_optimiser=keep", "training.joint_local=true")
+    scenario = tiny("hosts.max_resident=1", *kept)
     data = str(prepare_scenario_data(scenario, cache))
     shared = get_method("fedgrow", Experiment(scenario, data)).initial_shared()
     spilling = ParticipantHost(scenario, data, state_dir=str(tmp_path / "a"))
-    resident = ParticipantHost(tiny(), data, state_dir=str(tmp_path / "b"))
+    resident = ParticipantHost(tiny(*kept), data, state_dir=str(tmp_path / "b"))
     for host in (spilling, resident):
         host.train("fedgrow", 1, [0], shared)
         host.train("fedgrow", 1, [1], shared)     # with max_resident=1, participant 0 goes to disk

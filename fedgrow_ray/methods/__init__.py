@@ -4,11 +4,11 @@ aggregate behind one interface (methods/base.py), testable without Ray."""
 from __future__ import annotations
 
 from .base import Method
-from .baselines import CentralizedLiGO, FedAvgScratch, IndependentGrowth, LocalSmall
+from .baselines import Centralized, FedAvgScratch, IndependentGrowth, LocalSmall
 from .fedgrow import FedGrow
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (FedGrow, FedAvgScratch, IndependentGrowth, LocalSmall, CentralizedLiGO)}
+    m.name: m for m in (FedGrow, FedAvgScratch, IndependentGrowth, LocalSmall, Centralized)}
 
 
 def get_method(name: str, experiment) -> Method:

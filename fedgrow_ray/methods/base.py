@@ -23,20 +23,29 @@ class Finetuned:
 
 
 class Method:
-    """Subclasses set `name` and implement new_state / modules / train / logits_fn /
-    final_model / trainable_params / round_flops / memory_mb (and setup when a participant
-    trains something before its first round); methods that exchange state also implement
-    initial_shared (and keep the default FedAvg-style aggregate).
+    """Subclasses set `name` and `stream` and implement new_state / modules / train /
+    logits_fn / final_model / trainable_params / round_flops / setup_flops / memory_mb (and
+    setup when a participant trains something before its first round); methods that exchange
+    state also implement initial_shared and shared_parameters (and keep the default
+    FedAvg-style aggregate).
+
+    `stream` names the random streams of every draw a participant makes for the method
+    (dropout, batch order, fine-tuning): two methods with the same stream draw the same
+    numbers, so they differ only in what they do with them (independent_growth shares
+    fedgrow's).
 
     A participant's private state for a method is an object with an `optimiser` attribute and
     the modules `modules(state)` names; that is all that is saved when it is spilled to disk or
     checkpointed, and `new_state` followed by loading those restores it exactly."""
 
     name: str = ""
+    stream: str = ""
     shares: bool = False
     centralized: bool = False  # trained by the one CENTER trainer, not by the participants
 
     def __init__(self, experiment: Experiment):
+        if not self.stream:
+            raise TypeError(f"{type(self).__name__} sets no random `stream`")
         self.experiment = experiment
         self.training = experiment.training
 
@@ -90,8 +99,22 @@ class Method:
 
     def train(self, participant, state, shared: dict | None, round_number: int
               ) -> tuple[dict | None, float]:
-        """Local training for one round: (update of the shared state or None, mean loss)."""
+        """Local training for one round: (update of the shared state or None, mean loss).
+        Implementations call `start_round(state)` first."""
         raise NotImplementedError
+
+    def shared_parameters(self, state) -> list[nn.Parameter]:
+        """The parameters the server overwrites each round (none for a method that shares
+        nothing)."""
+        return []
+
+    def start_round(self, state) -> None:
+        """training.shared_optimiser: fresh (the default) drops the optimiser state (AdamW
+        moments, step) of the shared parameters, as a new FedAvg round starts a new optimiser;
+        the private parameters keep theirs. keep: nothing is dropped."""
+        if self.training["shared_optimiser"] == "fresh":
+            for parameter in self.shared_parameters(state):
+                state.optimiser.state.pop(parameter, None)
 
     def logits_fn(self, participant, state, shared: dict | None):
         """A function batch -> logits of the participant's current model (eval mode)."""
@@ -104,10 +127,23 @@ class Method:
     def trainable_params(self, participant, state) -> int:
         raise NotImplementedError
 
-    # ---- costs for the virtual clock and memory budgets -------------------------------------
+    # ---- costs for the virtual clock, FLOPs budgets and memory budgets ------------------------
     def round_flops(self, shape: Shape) -> float:
         """Compute of one round of local training for a participant with this small shape."""
         raise NotImplementedError
+
+    def setup_flops(self, pid: int) -> float:
+        """Compute of a participant's setup, before its first round (pre-training, local
+        stage); by default none."""
+        return 0.0
+
+    def final_shape(self, pid: int) -> Shape:
+        """The shape of the participant's final model (what `finish` fine-tunes)."""
+        return self.experiment.target
+
+    def finish_flops(self, pid: int) -> float:
+        """Compute of the end-of-run step: training.finetune_steps of the final model."""
+        return self.training["finetune_steps"] * self.experiment.step_flops(self.final_shape(pid))
 
     def memory_mb(self, shape: Shape) -> float:
         raise NotImplementedError
@@ -115,7 +151,7 @@ class Method:
     # ---- shared helpers -----------------------------------------------------------------------
     def local_training(self, participant, loss_fn, optimiser, steps: int, *purpose) -> float:
         batches = batch_stream(participant.data.train, self.training["batch_size"],
-                               participant.generator(self.name, *purpose))
+                               participant.generator(self.stream, *purpose))
         return train_steps(loss_fn, optimiser, batches, steps, participant.device,
                            self.training["max_grad_norm"])
 
@@ -133,6 +169,10 @@ class Method:
         optimiser = self.optimiser(model.parameters())
         self.local_training(participant, lambda b: model(**b).loss, optimiser, steps, "finetune")
         return Finetuned(model.eval(), sum(p.numel() for p in model.parameters()))
+
+    def standalone_model(self, participant, state, shared) -> nn.Module:
+        """The participant's current model as a plain model (its fine-tuned one after finish)."""
+        return state.model if isinstance(state, Finetuned) else self.final_model(participant, state, shared)
 
     def predict(self, participant, state, shared, shard, batch_size: int):
         if isinstance(state, Finetuned):

@@ -2,9 +2,11 @@
 local steps:
 
     fedavg_scratch       the target model trained from scratch with FedAvg (full model shared)
-    independent_growth   Dual-LiGO per participant, nothing aggregated, nothing sent
+    independent_growth   Fed-Grow exactly (protocol, joint flag, initialisation, random
+                         streams), minus the aggregation: nothing is sent
     local_small          each participant's own small model, fine-tuned locally, no growth
-    centralized_ligo     the reference upper bound: Dual-LiGO where all the data is pooled
+    centralized          a pooled reference: one Dual-LiGO trainer with every participant's
+                         data and the federation's compute (see Centralized)
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from torch import nn
 
 from ..dual_ligo import strip_prefix
-from ..training import derive_seed
+from ..experiment import CENTER
+from ..training import batch_stream, derive_seed, train_steps
 from .base import Finetuned, Method
 from .fedgrow import FedGrow
 
@@ -36,7 +39,10 @@ def _trainable(state) -> int:
 
 
 class IndependentGrowth(FedGrow):
-    """Fed-Grow without the federation: each participant trains its own Global-LiGO."""
+    """Fed-Grow without the federation: each participant trains its own Global-LiGO, from the
+    same initial Global-LiGO fedgrow broadcasts, with fedgrow's protocol, joint flag, fresh or
+    kept optimiser state and random streams; only the aggregation is missing, so the paired
+    difference of the two is what federation adds."""
 
     name = "independent_growth"
     shares = False
@@ -49,23 +55,44 @@ class IndependentGrowth(FedGrow):
         return None, loss
 
 
-class CentralizedLiGO(FedGrow):
-    """Dual-LiGO trained in one place on every participant's training data pooled: one trainer
-    (the largest small shape, pre-trained on the pooled data) takes, each round, as many steps
-    as all the round's participants together; its model is evaluated on every participant's
-    own test split. Nothing is sent: it is the reference the federated methods aim at."""
+class Centralized(FedGrow):
+    """A pooled reference, not federated: one trainer (CENTER) holds every participant's
+    training data pooled, the largest small shape, and the federation's compute:
 
-    name = "centralized_ligo"
+    - pre-training and local stage on the pooled data for as many steps as the participants'
+      setups add up to in FLOPs (Experiment.pretrain_steps / local_stage_steps: the sum of the
+      participants' FLOPs divided by this trainer's step FLOPs, rounded);
+    - each round, local_steps x trainers_per_round Dual-LiGO steps (as many as the round's
+      participants together), with fedgrow's protocol and joint flag, its Global-LiGO starting
+      where fedgrow's does; nothing is overwritten between rounds, so its optimiser state is
+      kept.
+
+    It is scored twice: its one grown target model on the shared global test set
+    (eval_global_accuracy), and on each participant's personal test split after a personal
+    fine-tune of a copy of that model for training.local_steps steps on that participant's own
+    training data (one round's personal budget; Method.personal_model).
+
+    It is an upper reference for the global test set, where one model trained on all the data
+    with the same compute is what a federation could at best reach. On label-skewed personal
+    splits it is not a bound: a participant's own model (or the majority-class reference)
+    exploits the skew, and the short personal fine-tune only partly adapts the pooled model."""
+
+    name = "centralized"
+    stream = "centralized"
     shares = False
     centralized = True
 
     def initial_shared(self):
         return None
 
+    def shared_parameters(self, state):
+        return []  # one continuous training run: nothing is overwritten between rounds
+
     def steps_per_round(self) -> int:
         return self.training["local_steps"] * self.experiment.trainers_per_round
 
     def train(self, participant, state, shared, round_number):
+        self.start_round(state)
         dual = state.dual.train()
         intermediate = self._intermediate(dual, None, training=True)
         loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
@@ -73,13 +100,30 @@ class CentralizedLiGO(FedGrow):
         return None, loss
 
     def round_flops(self, shape):
-        return self.steps_per_round() * self.experiment.step_flops(self.experiment.target)
+        return self.growth_round_flops(self.experiment.small_shape(CENTER)[0], self.steps_per_round())
+
+    def personal_flops(self) -> float:
+        """One participant's personal fine-tune: local_steps x step(target)."""
+        return self.training["local_steps"] * self.experiment.step_flops(self.experiment.target)
+
+    def personal_model(self, owner, base: nn.Module, shard, pid: int) -> nn.Module:
+        """A copy of the pooled model `base`, fine-tuned for training.local_steps steps (one
+        round's personal budget) on participant `pid`'s training `shard`, seeded per participant."""
+        exp = self.experiment
+        model = copy.deepcopy(base).to(owner.device).train().requires_grad_(True)
+        torch.manual_seed(derive_seed(exp.seed, pid, "torch", self.stream, "personal"))
+        batches = batch_stream(shard, self.training["batch_size"],
+                               torch.Generator().manual_seed(derive_seed(exp.seed, pid, self.stream, "personal")))
+        train_steps(lambda b: model(**b).loss, self.optimiser(model.parameters()), batches,
+                    self.training["local_steps"], owner.device, self.training["max_grad_norm"])
+        return model.eval()
 
 
 class LocalSmall(Method):
     """Each participant fine-tunes its own pre-trained small model; no growth, no exchange."""
 
     name = "local_small"
+    stream = "local_small"
 
     def new_state(self, participant):
         model = copy.deepcopy(participant.small_model).requires_grad_(True)
@@ -89,6 +133,7 @@ class LocalSmall(Method):
         return {"model": state.model}
 
     def train(self, participant, state, shared, round_number):
+        self.start_round(state)
         state.model.train()
         loss = self.local_training(participant, lambda b: state.model(**b).loss, state.optimiser,
                                    self.training["local_steps"], "round", round_number)
@@ -104,6 +149,13 @@ class LocalSmall(Method):
     def trainable_params(self, participant, state):
         return _trainable(state)
 
+    def setup_flops(self, pid):
+        """Pre-training of the small model (none when loaded from model.checkpoints)."""
+        return self.experiment.pretrain_flops(pid)
+
+    def final_shape(self, pid):
+        return self.experiment.small_shape(pid)[0]
+
     def round_flops(self, shape):
         return self.training["local_steps"] * self.experiment.step_flops(shape)
 
@@ -115,6 +167,7 @@ class FedAvgScratch(Method):
     """The target model from scratch, trained with FedAvg: the whole model crosses the wire."""
 
     name = "fedavg_scratch"
+    stream = "fedavg_scratch"
     shares = True
 
     def initial_shared(self):
@@ -134,7 +187,11 @@ class FedAvgScratch(Method):
             for name, tensor in strip_prefix(shared, MODEL_PREFIX).items():
                 model.get_parameter(name).copy_(tensor)
 
+    def shared_parameters(self, state):
+        return list(state.model.parameters())
+
     def train(self, participant, state, shared, round_number):
+        self.start_round(state)
         self._load(state.model, shared)
         state.model.train()
         loss = self.local_training(participant, lambda b: state.model(**b).loss, state.optimiser,

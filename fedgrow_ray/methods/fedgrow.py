@@ -3,8 +3,12 @@ common intermediate shape and the shared Global-LiGO to the target; only Global-
 exchanged, averaged by the server each round.
 
 Protocol "paper" (the default): Local-LiGO is trained alone first (the local stage, on the
-intermediate model's loss), then the federated stage trains Global-LiGO (and Local-LiGO too
-when training.joint_local is set) on the target model's loss.
+intermediate model's loss), then it is frozen while the federated stage trains Global-LiGO on
+the target model's loss. training.joint_local: true is this project's option, not the
+paper's: Local-LiGO keeps training beside Global-LiGO in the rounds.
+
+Each round starts with fresh optimiser state for Global-LiGO (training.shared_optimiser:
+fresh), since the server has overwritten it; Local-LiGO, when trained, keeps its moments.
 
 Protocol "reference-code" (what the authors' public code does, for comparison): in round 1
 each participant also sends its grown intermediate model Local_i(S_i) and the server averages
@@ -14,6 +18,7 @@ model. It shares a model-derived artifact once, so it is never the default.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +52,7 @@ class GrowthState:
 
 class FedGrow(Method):
     name = "fedgrow"
+    stream = "fedgrow"
     shares = True
 
     # ---- server side --------------------------------------------------------------------------
@@ -54,11 +60,16 @@ class FedGrow(Method):
     def reference_code(self) -> bool:
         return self.experiment.scenario["protocol"] == "reference-code"
 
-    def initial_shared(self):
+    @functools.cached_property
+    def initial_global(self) -> dict[str, torch.Tensor]:
+        """The Global-LiGO the server broadcasts before round 1 (built once per method)."""
         exp = self.experiment
         ligo = LiGO(exp.family, exp.intermediate, exp.target, **exp.ligo_options,
                     seed=derive_seed(exp.seed, "global-ligo-init"))
         return {GLOBAL_PREFIX + k: v.detach() for k, v in ligo.state_dict().items()}
+
+    def initial_shared(self):
+        return dict(self.initial_global)
 
     def _sends_intermediate(self, shared) -> bool:
         return self.reference_code and split_shared(shared)[1] is None
@@ -87,6 +98,8 @@ class FedGrow(Method):
         exp = self.experiment
         dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, **exp.ligo_options,
                         seed=derive_seed(exp.seed, participant.id, "ligo-init")).to(participant.device)
+        if not self.shares:  # a private Global-LiGO starts where fedgrow's shared one does
+            dual.load_global_state(self.initial_global)
         trained = list(dual.global_ligo.parameters())
         if self.training["joint_local"]:
             trained += list(dual.local_ligo.parameters())
@@ -95,9 +108,12 @@ class FedGrow(Method):
     def modules(self, state: GrowthState):
         return {"local_ligo": state.dual.local_ligo, "global_ligo": state.dual.global_ligo}
 
+    def shared_parameters(self, state: GrowthState):
+        return list(state.dual.global_ligo.parameters())
+
     def setup(self, participant) -> GrowthState:
         state = self.new_state(participant)
-        steps = self.training["local_stage_steps"]
+        steps = self.experiment.local_stage_steps(participant.id)
         if steps:  # the local stage: Local-LiGO alone, on the intermediate model; nothing is sent
             dual = state.dual.train()
             local = self.optimiser(dual.local_ligo.parameters())
@@ -121,6 +137,7 @@ class FedGrow(Method):
             return dual.intermediate_parameters()
 
     def train(self, participant, state: GrowthState, shared, round_number):
+        self.start_round(state)
         dual = state.dual.train()
         intermediate = self._intermediate(dual, shared, training=True)
         loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
@@ -152,8 +169,24 @@ class FedGrow(Method):
         return counts["local_ligo"] + counts["global_ligo"]
 
     # ---- costs --------------------------------------------------------------------------------
+    def setup_flops(self, pid):
+        """Pre-training (none for a model from model.checkpoints) and the local stage:
+        pretrain_steps x step(small) + local_stage_steps x (step(intermediate) + 3 x gen(small -> I))."""
+        return self.experiment.pretrain_flops(pid) + self.experiment.local_stage_flops(pid)
+
+    def growth_round_flops(self, shape, steps: int) -> float:
+        """`steps` Dual-LiGO steps on the target's loss from a `shape` small model:
+        steps x (step(T) + 3 x gen(I -> T) [+ 3 x gen(S -> I) when Local-LiGO is trained]),
+        plus gen(S -> I) once when it is frozen (built once per round). The reference-code
+        protocol, which stops using Local-LiGO after round 1, is charged the same."""
+        exp = self.experiment
+        per_step = exp.step_flops(exp.target) + 3 * exp.generation_flops(exp.intermediate, exp.target)
+        if self.training["joint_local"]:
+            return steps * (per_step + 3 * exp.generation_flops(shape, exp.intermediate))
+        return steps * per_step + exp.generation_flops(shape, exp.intermediate)
+
     def round_flops(self, shape):
-        return self.training["local_steps"] * self.experiment.step_flops(self.experiment.target)
+        return self.growth_round_flops(shape, self.training["local_steps"])
 
     def memory_mb(self, shape):
         exp = self.experiment

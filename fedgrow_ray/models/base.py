@@ -173,6 +173,9 @@ def _roles(family_type: type, names: tuple[str, ...]) -> dict[str, Role]:
 
 @functools.lru_cache(maxsize=16)
 def _skeleton(family: Family, shape: Shape) -> nn.Module:
-    model = family.build(shape)
+    # Seeded, so that building it (the first time a process needs a shape, often in the middle
+    # of a participant's training) never draws from the caller's random stream: results must
+    # not depend on what else a process ran before.
+    model = family.build(shape, seed=0)
     model.requires_grad_(False)
     return model
