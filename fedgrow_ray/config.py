@@ -125,7 +125,7 @@ def grid():
             if not isinstance(name, str) or not name or any(not p for p in name.split(".")):
                 _fail(f"{key}.{name}", name, "expected a dotted scenario key such as training.lr")
             if name == "seed" or name.split(".")[0] in ("sweep", "name"):
-                _fail(f"{key}.{name}", values, "seeds are sweep.seeds; name and sweep cannot vary")
+                _fail(f"{key}.{name}", values, "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
             if not isinstance(values, list) or not values:
                 _fail(f"{key}.{name}", values, "expected a non-empty list of values")
             if len(set(map(repr, values))) != len(values):
@@ -401,6 +401,12 @@ def load_sweep(raw: dict, overrides: list[str] = ()) -> tuple[dict, dict]:
     sweep = resolved.pop("sweep")
     _check_together(resolved)
     return resolved, sweep
+
+
+def resolve_grid(value: dict) -> dict:
+    """A sweep grid checked as sweep.grid is (the form; each setting's keys and values are
+    checked when it is resolved)."""
+    return grid()("sweep.grid", value)
 
 
 def resolve_scenario(raw: dict, overrides: list[str] = ()) -> dict:

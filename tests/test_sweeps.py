@@ -121,6 +121,7 @@ BAD_SWEEPS = [
     ("empty value list", lambda t: ["--grid", "rounds="], "--grid 'rounds=': expected KEY=V1,V2,..."),
     ("no seeds", lambda t: ["--seeds", "0"], "--seeds 0: expected a number of seeds >= 1"),
     ("grid over the seed", lambda t: ["--set", "sweep.grid={seed: [1, 2]}"], "scenario key 'sweep.grid.seed'"),
+    ("grid over the seed on the command line", lambda t: ["--grid", "seed=1,2"], "scenario key 'sweep.grid.seed'"),
     ("empty list in the scenario", lambda t: ["--set", "sweep.grid={rounds: []}"],
      "scenario key 'sweep.grid.rounds': [] is not allowed; expected a non-empty list of values"),
     ("negative seed in the scenario", lambda t: ["--set", "sweep.seeds=[0, -1]"],
@@ -167,7 +168,7 @@ def test_a_sweep_runs_concurrently_and_each_run_equals_the_run_alone(ray_session
     run inside the sweep giving exactly the results of the same config.yaml launched alone."""
     out = tmp_path / "sweep"
     args = [scenario_file(tmp_path), "--seeds", "2", "--grid", "training.joint_local=false,true",
-            "--set", "methods=[fedgrow, local_small]", "--set", "hosts.actors=null",
+            "--set", "methods=[fedgrow, local_small]", "--set", "hosts.actors=1",
             "--out", str(out), "--cache", cache]
     assert launch.main(args) == 0
     sweep = json.loads((out / "sweep.json").read_text())
@@ -215,13 +216,15 @@ def test_a_sweep_runs_concurrently_and_each_run_equals_the_run_alone(ray_session
                 assert got["methods"][method][key] == expected["methods"][method][key], (run["path"], key)
 
 
+@pytest.mark.slow  # five runs one after another and two sweeps: over the default run's time budget
 def test_an_interrupted_sweep_continues_and_reuses_what_completed(ray_session, cache, tmp_path):
     """Guards resume: after one run's driver died and Ctrl-C stopped the sweep, the same sweep
     reuses the completed run (its files untouched), resumes the failed one from its checkpoint
     and starts the one that was interrupted before its first checkpoint."""
     out = tmp_path / "sweep"
-    # Two hosts per run take both CPUs: the runs go one after another.
-    args = [scenario_file(tmp_path), "--seeds", "3", "--set", "rounds=4", "--set", "hosts.actors=2",
+    # One host of two CPUs per run: the runs go one after another.
+    args = [scenario_file(tmp_path), "--seeds", "3", "--set", "rounds=4", "--set", "hosts.actors=1",
+            "--set", "hosts.num_cpus=2",
             "--out", str(out), "--cache", cache]
     runs = [out / "default" / f"seed-{s}" for s in range(3)]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ScenarioError, resolve_scenario, set_key
+from ..config import ScenarioError, resolve_grid, resolve_scenario, set_key
 from ..outputs import RunFolder, atomic_write
 from .report import write_report
 from .stats import summarise
@@ -109,7 +109,8 @@ class SweepPlan:
     def __init__(self, base: dict, grid: dict, seeds: list[int]):
         if not seeds:
             raise ScenarioError("a sweep needs at least one seed")
-        self.base, self.grid, self.seeds = base, dict(grid), list(seeds)
+        self.base, self.seeds = base, list(seeds)
+        self.grid = resolve_grid(grid)  # --grid flags merged into sweep.grid: checked again
         self.settings = [Setting(name, values) for name, values in setting_names(self.grid)]
         self.runs = [PlannedRun(s.name, seed, f"{s.name}/seed-{seed}", _scenario_for(base, s.values, seed))
                      for s in self.settings for seed in self.seeds]
