@@ -121,11 +121,6 @@ class SweepPlan:
         return plain({"scenario": {k: v for k, v in self.base.items() if k != "seed"}, "grid": self.grid})
 
 
-def config_text(scenario: dict) -> str:
-    """A run folder's config.yaml, as outputs.RunFolder.create writes it."""
-    return yaml.safe_dump(scenario, sort_keys=False)
-
-
 def read_status(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "status.json").read_text())
@@ -174,7 +169,7 @@ class SweepFolder:
             held = yaml.safe_load((folder / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
             held = None
-        if held != yaml.safe_load(config_text(run.scenario)):
+        if held != yaml.safe_load(RunFolder.config_text(run.scenario)):
             raise SweepError(f"{folder} is not the run this sweep would write (its config.yaml differs); "
                              f"move it away or choose another --out")
         if read_status(folder).get("status") == "completed" and (folder / "summary.json").is_file():
