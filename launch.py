@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Run a Fed-Grow experiment described by a scenario file.
+"""Run a Fed-Grow experiment described by a scenario file, or a sweep of it.
 
     python launch.py [SCENARIO] [--set key=value ...] [--out DIR] [--address ADDR]
-    python launch.py --resume RUN_DIR [--address ADDR]
+    python launch.py SCENARIO --seeds N [--grid KEY=V1,V2 ...] [--set ...] --out DIR [--address ADDR]
+    python launch.py --resume RUN_DIR|SWEEP_DIR [--address ADDR]
 
 Without --address a local Ray is started on 127.0.0.1 and stopped at the end; with --address
 (auto or HOST:PORT) the run joins an existing cluster. --executor local runs every participant
 in this process with no Ray at all (for debugging, and the baseline of bench/overhead.py).
-Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (nothing written).
+--seeds / --grid (or a `sweep:` section in the scenario) run a sweep: every (setting, seed) as a
+concurrent run on Ray (actors/sweep.py), then the statistics (fedgrow_ray/sweeps).
+Exit status: 0 done, 1 a run failed or was interrupted (its folder says why), 2 bad input
+(nothing written).
 """
 
 from __future__ import annotations
@@ -15,16 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from fedgrow_ray.config import ScenarioError, load_scenario, resolve_scenario
+import yaml
+
+from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file, resolve_scenario
 from fedgrow_ray.data import DatasetUnavailable
 from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
 from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
 from fedgrow_ray.participant import StateStore
+from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
 
 ROOT = Path(__file__).resolve().parent
 
@@ -79,26 +87,36 @@ def parse_args(argv):
                         help="scenario YAML (default: scenarios/quickstart.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario key, e.g. --set rounds=20 --set training.lr=3e-4")
-    parser.add_argument("--out", help="run folder (default: runs/<scenario>-<timestamp>)")
+    parser.add_argument("--out", help="run or sweep folder (default: runs/<scenario>-<timestamp>)")
+    parser.add_argument("--seeds", metavar="N",
+                        help="sweep: run seeds 0..N-1 (default: the scenario's sweep.seeds)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="sweep: one run per value (values read as YAML), crossed with other "
+                             "--grid keys, e.g. --grid protocol=paper,reference-code")
     parser.add_argument("--address", help="join an existing Ray cluster: auto or HOST:PORT")
     parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="ray (default) or local: every participant in this process, no Ray")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE),
                         help=f"where prepared data is kept (default: {DEFAULT_CACHE})")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue a stopped run from its last checkpoint")
+                        help="continue a stopped run from its last checkpoint, or a sweep")
     args = parser.parse_args(argv)
-    if args.resume and (args.set or args.out or args.scenario):
-        parser.error("--resume takes the run folder only: its config.yaml is the scenario")
+    if args.resume and (args.set or args.out or args.scenario or args.seeds or args.grid):
+        parser.error("--resume takes the run folder only, or a sweep folder: it holds the scenario")
     return args
 
 
 def start_ray(address: str | None):
+    """(ray, whether this call started it). In a process already connected to Ray (tests, a
+    notebook), that Ray is used and left running."""
     if not address:
         # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address;
         # it reads this when it is first imported).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
+
+    if ray.is_initialized():
+        return ray, False
 
     if address:
         runtime_env = {"working_dir": str(ROOT),
@@ -111,31 +129,20 @@ def start_ray(address: str | None):
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:  # a new local instance, never a cluster someone else started on this machine
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    return ray
+    return ray, True
 
 
 def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -> dict:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from actors.driver import run_on_ray
+    from actors.placement import ClusterPlacement
 
-    from actors.driver import DriverActor
+    def message(text):
+        if "\n" not in text:  # tracebacks stay in events.log
+            progress.message(text)
 
-    here = ray.get_runtime_context().get_node_id()
-    run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
-    driver = DriverActor.options(  # on this node, so it writes the run folder launch.py shows
-        name=f"fedgrow-driver-{run_id}",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    ).remote(scenario, cache, str(folder.path.resolve()), resume, run_id)
-    done = driver.run.remote()
-    while True:
-        ready, _ = ray.wait([done], timeout=0.5)
-        events, messages = ray.get(driver.poll.remote())
-        for message in messages:
-            if "\n" not in message:  # tracebacks stay in events.log
-                progress.message(message)
-        for event in events:
-            progress.update(event)
-        if ready:
-            return ray.get(done)
+    # The driver on this node, so it writes the run folder launch.py shows.
+    return run_on_ray(scenario, cache, str(folder.path.resolve()), resume, ClusterPlacement.here(),
+                      progress.update, message)
 
 
 def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> dict:
@@ -157,15 +164,121 @@ def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> 
     return summary
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ScenarioError(f"--seeds {text}: expected a number of seeds >= 1 (seeds 0..N-1)")
+    return list(range(count))
+
+
+def parse_grid(items: list[str]) -> dict:
+    """--grid KEY=V1,V2 ... -> {KEY: [V1, V2]}, each value read as YAML like --set's."""
+    grid = {}
+    for item in items:
+        key, _, values = item.partition("=")
+        try:
+            parsed = yaml.safe_load(f"[{values}]") if values.strip() else []
+        except yaml.YAMLError:
+            parsed = None
+        if not key.strip() or "=" not in item or not parsed or any(v is None for v in parsed):
+            raise ScenarioError(f"--grid {item!r}: expected KEY=V1,V2,... with at least one value, "
+                                f"e.g. --grid protocol=paper,reference-code")
+        grid[key.strip()] = parsed
+    return grid
+
+
+def code_version() -> tuple[str | None, bool | None]:
+    """The git commit of this code, and whether it has uncommitted changes (None, None outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return commit, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
+    """A sweep: plan and check everything (exit 2, nothing written, on bad input), then run the
+    runs left as Tune trials and write the statistics."""
+    try:
+        if args.executor == "local":
+            raise ScenarioError("--executor local runs one run in this process; a sweep runs on Ray")
+        args.cache = str(Path(args.cache).expanduser().resolve())
+        if args.resume:
+            folder = SweepFolder(args.resume)
+            held = folder.load()
+            scenario, grid, seeds = resolve_scenario(held["scenario"]), held["grid"], held["seeds"]
+            about = {k: held.get(k) for k in ("command", "scenario_file", "overrides")}
+        else:
+            seeds = parse_seeds(args.seeds) if args.seeds is not None else (section["seeds"] or [scenario["seed"]])
+            grid = {**section["grid"], **parse_grid(args.grid)}
+            out = args.out or ROOT / "runs" / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+            folder = SweepFolder(out)
+            about = {"command": "python launch.py " + shlex.join(argv),
+                     "scenario_file": args.scenario, "overrides": args.set}
+        plan = SweepPlan(scenario, grid, seeds)
+        folder.check(plan)
+        todo = [r for r in plan.runs if r.action != "reuse"]
+        progress.message(f"sweep: {len(plan.runs)} runs ({len(plan.settings)} setting(s) x {len(seeds)} "
+                         f"seed(s)), {len(plan.runs) - len(todo)} already complete; preparing data ...")
+        for run in todo:
+            prepare_scenario_data(run.scenario, args.cache)
+    except (ScenarioError, SweepError, DatasetUnavailable, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    about["commit"], about["dirty"] = code_version()
+    ray, started = start_ray(args.address) if todo else (None, False)
+    interrupted = 0
+    try:
+        if todo:
+            from actors.sweep import check_resources, run_sweep
+            try:
+                check_resources(plan)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            folder.begin(plan, about)
+            progress.message(f"sweep folder: {folder.path}")
+            interrupted = run_sweep(plan, folder, args.cache, progress.message)
+        else:
+            folder.begin(plan, about)
+    except KeyboardInterrupt:  # a second Ctrl-C (Tune takes the first and stops the trials)
+        interrupted = 1
+    finally:
+        if started:
+            ray.shutdown()
+    document, text = folder.conclude(plan, about)
+    print(text)
+    print(f"sweep folder: {folder.path}  (sweep.json, sweep.md, curves-<setting>.png, <setting>/seed-<s>/)")
+    unfinished = [r for r in document["runs"] if r["status"] != "completed"]
+    if interrupted:
+        progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
+    elif unfinished:
+        progress.message(f"{len(unfinished)} run(s) failed (see sweep.json); run the same command again "
+                         f"to resume them: python launch.py --resume {folder.path}")
+    return 1 if unfinished else 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     progress = Progress()
     try:
+        if args.resume and (Path(args.resume) / SWEEP_FILE).is_file():
+            return sweep_main(args, argv, progress)
         if args.resume:
             folder, raw, _ = RunFolder.for_resume(args.resume)
             scenario = resolve_scenario(raw)
         else:
-            scenario = load_scenario(args.scenario or ROOT / "scenarios" / "quickstart.yaml", args.set)
+            raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
+            scenario, section = load_sweep(raw, args.set)
+            if args.seeds is not None or args.grid or section["seeds"] is not None or section["grid"]:
+                return sweep_main(args, argv, progress, scenario, section)
         progress.message(f"preparing data ({scenario['data']['source']}) ...")
         args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
         data_path = prepare_scenario_data(scenario, args.cache)
@@ -178,30 +291,30 @@ def main(argv=None) -> int:
     if args.resume:
         folder.set_status("running")
     progress.message(f"run folder: {folder.path}")
-    ray = None
+    ray, started = None, False
     try:
         if args.executor == "local":
             summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
         else:
-            ray = start_ray(args.address)
+            ray, started = start_ray(args.address)
             summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
     except KeyboardInterrupt:
         folder.fail("interrupted")
         progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
         return 1
     except Exception as err:
-        if "RayActorError" in type(err).__name__ or "ActorDied" in type(err).__name__:
-            folder.fail(f"the driver actor died: {str(err).splitlines()[0]}")
-            progress.message(f"the driver actor died ({str(err).splitlines()[0]}); the run folder keeps "
-                             f"its last checkpoint: python launch.py --resume {folder.path}")
-            return 1
-        if '"failed"' not in (folder.path / "status.json").read_text():
-            folder.fail(f"{type(err).__name__}: {err}")
-        progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
-                         f"python launch.py --resume {folder.path})")
+        from actors.driver import driver_died, record_failure
+
+        cause = record_failure(folder, err)
+        if driver_died(err):
+            progress.message(f"{cause}; the run folder keeps its last checkpoint: "
+                             f"python launch.py --resume {folder.path}")
+        else:
+            progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
+                             f"python launch.py --resume {folder.path})")
         return 1
     finally:
-        if ray is not None and not args.address:
+        if started:
             ray.shutdown()
     progress.message("")
     print(results_table(summary, folder.metrics()))

@@ -1,11 +1,16 @@
 """DriverActor: owns the shared state (Global-LiGO), runs the rounds of every method on the
-participant pool, writes the run folder and its checkpoints, and answers progress polls from
-launch.py."""
+participant pool, writes the run folder and its checkpoints, and answers progress polls.
+
+`run_on_ray` is how every run on Ray starts and is followed to its end, alone (launch.py) or as a
+sweep's trial (actors/sweep.py); only the placement differs (actors/placement.py).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import traceback
+import uuid
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -33,9 +38,9 @@ def discard_stale_participant_state(state_dir: str, tick: int) -> int:
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class DriverActor:
-    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, resume: bool = False,
-                 run_id: str = "run"):
+    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, resume: bool, run_id: str, placement):
         self.scenario, self.cache_dir, self.resume, self.run_id = scenario, cache_dir, resume, run_id
+        self.placement = placement
         self.folder = RunFolder(run_dir)
         self._lock = threading.Lock()
         self._event: dict = {}
@@ -71,7 +76,8 @@ class DriverActor:
                 self._log(f"resuming after {checkpoint['method']} round {checkpoint['round']} "
                           f"({stale} newer participant files discarded)")
             experiment = Experiment(self.scenario, prepare_scenario_data(self.scenario, self.cache_dir))
-            executor = RayExecutor(self.scenario, self.cache_dir, state_dir, self._log, self.run_id)
+            executor = RayExecutor(self.scenario, self.cache_dir, state_dir, self._log, self.run_id,
+                                   self.placement)
             summary = run_experiment(experiment, executor, self.folder.record, self._log, self._progress,
                                      self.folder.save_checkpoint, checkpoint)
             self.folder.finish(summary)
@@ -80,3 +86,45 @@ class DriverActor:
             self.folder.fail(f"{type(err).__name__}: {err}")
             self._log(traceback.format_exc())
             raise
+
+
+def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, placement,
+               on_event=None, on_message=None) -> dict:
+    """Run one experiment into `run_dir` (created, or to resume) on a DriverActor placed by
+    `placement`; progress events and notices go to the callbacks as they come. Returns the
+    summary; raises what the driver raised (the run folder already says `failed`)."""
+    run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
+    driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
+        scenario, cache_dir, run_dir, resume, run_id, placement)
+    done = driver.run.remote()
+    while True:
+        ready, _ = ray.wait([done], timeout=0.5)
+        events, messages = ray.get(driver.poll.remote())
+        for message in messages:
+            if on_message:
+                on_message(message)
+        for event in events:
+            if on_event:
+                on_event(event)
+        if ready:
+            return ray.get(done)
+
+
+def driver_died(err: BaseException) -> bool:
+    return "RayActorError" in type(err).__name__ or "ActorDied" in type(err).__name__
+
+
+def record_failure(folder: RunFolder, err: BaseException) -> str:
+    """The one-line cause of a run that raised, written to its folder unless the driver already
+    wrote its own."""
+    first = (str(err).splitlines() or [""])[0]
+    if driver_died(err):
+        cause = f"the driver actor died: {first}"
+        folder.fail(cause)
+        return cause
+    status = json.loads((folder.path / "status.json").read_text()) if (folder.path / "status.json").is_file() else {}
+    if status.get("status") == "failed":
+        return status.get("error", f"{type(err).__name__}: {first}")
+    cause = f"{type(err).__name__}: {first}"
+    folder.fail(cause)
+    return cause

@@ -1,5 +1,6 @@
 """The pool of ParticipantActors and the Ray executor the round loop runs participants on.
 
+Where the actors go and how many there are is the run's placement (actors/placement.py).
 Participants stick to one actor for the whole run (assigned round-robin by id), so their
 private state never moves. The round's shared state is put in the object store once and its
 reference passed to every call; ray.wait with the round timeout is a wall-clock safety net
@@ -9,7 +10,6 @@ dies (max_restarts); the new one restores its participants from their last check
 
 from __future__ import annotations
 
-import math
 import time
 
 import ray
@@ -17,58 +17,23 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from .participant import ParticipantActor
 
-MAX_RESTARTS = 3
-
-
-def pool_size(scenario: dict, num_cpus_available: float) -> int:
-    """hosts.actors, or as many actors as the cluster's CPUs hold (at most one per participant)."""
-    hosts = scenario["hosts"]
-    if hosts["actors"] is not None:
-        return min(hosts["actors"], scenario["participants"])
-    return max(1, min(scenario["participants"], math.floor(num_cpus_available / hosts["num_cpus"])))
-
-
-def actor_options(scenario: dict, cluster_gpus: float, log) -> dict:
-    hosts = scenario["hosts"]
-    num_gpus = hosts["num_gpus"]
-    if num_gpus and not cluster_gpus:
-        log(f"hosts.num_gpus={num_gpus} but the cluster has no GPU: participants run on CPU "
-            f"(num_gpus set to 0)")
-        num_gpus = 0
-    options = {"num_cpus": hosts["num_cpus"], "num_gpus": num_gpus,
-               "max_restarts": MAX_RESTARTS, "max_task_retries": 0,
-               # spread: hosts on as many nodes as possible; pack: Ray's default, filling nodes
-               "scheduling_strategy": "SPREAD" if hosts["placement"] == "spread" else "DEFAULT"}
-    if hosts["memory_mb"]:
-        options["memory"] = int(hosts["memory_mb"] * 2**20)
-    return options
-
 
 class RayExecutor:
-    def __init__(self, scenario: dict, cache_dir: str, state_dir: str, log, run_id: str = "run",
+    def __init__(self, scenario: dict, cache_dir: str, state_dir: str, log, run_id: str, placement,
                  start_timeout_s: float = 300.0):
-        resources = ray.cluster_resources()
         self.scenario, self.log = scenario, log
         self.timeout_s = scenario["hosts"]["round_timeout_s"]
-        options = actor_options(scenario, resources.get("GPU", 0), log)
-        size = pool_size(scenario, resources.get("CPU", 1))
-        for key, resource, per_actor, unit in (("num_cpus", "CPU", options["num_cpus"], 1),
-                                               ("num_gpus", "GPU", options["num_gpus"], 1),
-                                               ("memory_mb", "memory", options.get("memory", 0), 2**20)):
-            if size * per_actor > resources.get(resource, 0) + 1e-9:  # Ray would wait forever
-                raise RuntimeError(
-                    f"{size} participant hosts x hosts.{key}={per_actor / unit:g} need more {resource} "
-                    f"than the cluster has ({resources.get(resource, 0) / unit:g}); lower hosts.actors "
-                    f"or hosts.{key}")
+        hosts = placement.hosts(scenario, log)
+        size = len(hosts)
         self.actors = [ParticipantActor.options(name=f"fedgrow-host-{run_id}-{i}", **options).remote(
                            scenario, cache_dir, state_dir, i, options["num_gpus"] > 0)
-                       for i in range(size)]
+                       for i, options in enumerate(hosts)]
         try:
             self.info = ray.get([a.info.remote() for a in self.actors], timeout=start_timeout_s)
         except GetTimeoutError:
             raise RuntimeError(
-                f"could not start {size} participant hosts ({options}) within {start_timeout_s:.0f} s; "
-                f"the cluster offers {resources}. Lower hosts.actors, hosts.num_cpus or "
+                f"could not start {size} participant hosts ({hosts[0]}) within {start_timeout_s:.0f} s; "
+                f"the cluster offers {ray.cluster_resources()}. Lower hosts.actors, hosts.num_cpus or "
                 f"hosts.memory_mb.") from None
         log(f"{size} participant hosts started: " + ", ".join(
             f"#{i['index']} node {i['node_id'][:8]} {i['device']}" for i in self.info))

@@ -4,6 +4,11 @@ A scenario is a YAML mapping. `load_scenario(path, overrides)` returns the fully
 scenario (every default filled in) or raises ScenarioError naming the key, the value and what is
 allowed. The keys a user changes most sit at the top level (seed, rounds, participants,
 methods) so `--set rounds=20` reaches them plainly.
+
+A scenario may also carry a `sweep:` section (seeds, and a grid of other keys' values) that makes
+launch.py run it as a sweep. The section is validated here with everything else but is not part
+of a run: `load_sweep` returns it beside the run scenario, and `resolve_scenario` leaves it out, so
+a run's config.yaml never holds one.
 """
 
 from __future__ import annotations
@@ -99,6 +104,33 @@ def text(optional=True):
         if not isinstance(value, str) or not value:
             _fail(key, value, "expected a non-empty string")
         return value
+    return check
+
+
+def optional(check):
+    def wrapped(key, value):
+        return None if value is None else check(key, value)
+    return wrapped
+
+
+def grid():
+    """sweep.grid: {dotted scenario key: [values, ...]}; the keys and values themselves are
+    checked when each setting is resolved (fedgrow_ray.sweeps), like any other override."""
+    def check(key, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            _fail(key, value, "expected a mapping {scenario key: [values, ...]}")
+        for name, values in value.items():
+            if not isinstance(name, str) or not name or any(not p for p in name.split(".")):
+                _fail(f"{key}.{name}", name, "expected a dotted scenario key such as training.lr")
+            if name == "seed" or name.split(".")[0] in ("sweep", "name"):
+                _fail(f"{key}.{name}", values, "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
+            if not isinstance(values, list) or not values:
+                _fail(f"{key}.{name}", values, "expected a non-empty list of values")
+            if len(set(map(repr, values))) != len(values):
+                _fail(f"{key}.{name}", values, "values must not repeat")
+        return {name: list(values) for name, values in value.items()}
     return check
 
 
@@ -245,6 +277,11 @@ SCHEMA = {
     },
     "data": (external(_data_spec, "data"), {"source": "synthetic_text"}),
     "devices": (external(_devices_spec, "devices"), {}),
+    # Not part of a run: what launch.py sweeps over (see load_sweep and fedgrow_ray.sweeps).
+    "sweep": {
+        "seeds": (optional(list_of(integer(0), unique=True)), None),  # null: [seed]
+        "grid": (grid(), {}),
+    },
 }
 
 
@@ -339,27 +376,47 @@ def parse_override(text_: str) -> tuple[list[str], object]:
     return key.split("."), parsed
 
 
+def set_key(raw: dict, path: list[str], value, origin: str) -> None:
+    """raw[a][b][c] = value for path [a, b, c], making sections as needed (in place)."""
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ScenarioError(f"{origin}: '{part}' is not a section")
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ScenarioError(f"--set {item!r}: '{part}' is not a section")
-        node[path[-1]] = value
+        set_key(raw, path, value, f"--set {item!r}")
     return raw
 
 
-def resolve_scenario(raw: dict, overrides: list[str] = ()) -> dict:
-    """Validate a raw scenario mapping (plus `key=value` overrides) and fill every default."""
+def load_sweep(raw: dict, overrides: list[str] = ()) -> tuple[dict, dict]:
+    """Validate a raw scenario (plus overrides): (the run scenario, every default filled in and
+    no sweep section; the sweep section {seeds, grid})."""
     resolved = _resolve(SCHEMA, apply_overrides(raw or {}, list(overrides)), "")
+    sweep = resolved.pop("sweep")
     _check_together(resolved)
-    return resolved
+    return resolved, sweep
 
 
-def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
+def resolve_grid(value: dict) -> dict:
+    """A sweep grid checked as sweep.grid is (the form; each setting's keys and values are
+    checked when it is resolved)."""
+    return grid()("sweep.grid", value)
+
+
+def resolve_scenario(raw: dict, overrides: list[str] = ()) -> dict:
+    """Validate a raw scenario mapping (plus `key=value` overrides) and fill every default; a
+    sweep section is validated and left out (see load_sweep)."""
+    return load_sweep(raw, overrides)[0]
+
+
+def read_scenario_file(path: str | Path) -> dict:
+    """The raw mapping of a scenario file, named after the file unless it names itself."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"scenario file {str(path)!r} does not exist")
@@ -370,4 +427,8 @@ def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ScenarioError(f"scenario file {str(path)!r}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    return resolve_scenario(raw, overrides)
+    return raw
+
+
+def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
+    return resolve_scenario(read_scenario_file(path), overrides)

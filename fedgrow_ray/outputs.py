@@ -56,6 +56,11 @@ class RunFolder:
     def scenario_sha256(self) -> str:
         return hashlib.sha256((self.path / "config.yaml").read_bytes()).hexdigest()
 
+    @staticmethod
+    def config_text(scenario: dict) -> str:
+        """config.yaml of a run of this scenario."""
+        return yaml.safe_dump(scenario, sort_keys=False)
+
     @classmethod
     def create(cls, path: str | Path, scenario: dict) -> "RunFolder":
         path = Path(path)
@@ -63,7 +68,7 @@ class RunFolder:
             raise FileExistsError(f"--out {str(path)!r} exists and is not empty; choose another folder")
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path)
-        atomic_write(path / "config.yaml", yaml.safe_dump(scenario, sort_keys=False))
+        atomic_write(path / "config.yaml", cls.config_text(scenario))
         folder.set_status("running")
         return folder
 
