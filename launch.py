@@ -213,15 +213,17 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
             folder = SweepFolder(args.resume)
             held = folder.load()
             scenario, grid, seeds = resolve_scenario(held["scenario"]), held["grid"], held["seeds"]
+            variants = held.get("variants", {})
             about = {k: held.get(k) for k in ("command", "scenario_file", "overrides")}
         else:
             seeds = parse_seeds(args.seeds) if args.seeds is not None else (section["seeds"] or [scenario["seed"]])
             grid = {**section["grid"], **parse_grid(args.grid)}
+            variants = section["variants"]
             out = args.out or ROOT / "runs" / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
             folder = SweepFolder(out)
             about = {"command": "python launch.py " + shlex.join(argv),
                      "scenario_file": args.scenario, "overrides": args.set}
-        plan = SweepPlan(scenario, grid, seeds)
+        plan = SweepPlan(scenario, grid, seeds, variants)
         folder.check(plan)
         todo = [r for r in plan.runs if r.action != "reuse"]
         progress.message(f"sweep: {len(plan.runs)} runs ({len(plan.settings)} setting(s) x {len(seeds)} "
@@ -277,7 +279,8 @@ def main(argv=None) -> int:
         else:
             raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
             scenario, section = load_sweep(raw, args.set)
-            if args.seeds is not None or args.grid or section["seeds"] is not None or section["grid"]:
+            if (args.seeds is not None or args.grid or section["seeds"] is not None or section["grid"]
+                    or section["variants"]):
                 return sweep_main(args, argv, progress, scenario, section)
         progress.message(f"preparing data ({scenario['data']['source']}) ...")
         args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -131,6 +132,32 @@ def grid():
             if len(set(map(repr, values))) != len(values):
                 _fail(f"{key}.{name}", values, "values must not repeat")
         return {name: list(values) for name, values in value.items()}
+    return check
+
+
+def variants():
+    """sweep.variants: {name: {dotted scenario key: value, ...}}, named settings of their own (a
+    mapping may be empty: the scenario as it is). Each variant is crossed with the grid; its keys
+    and values are checked when each setting is resolved, like any other override."""
+    def check(key, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            _fail(key, value, "expected a mapping {variant name: {scenario key: value, ...}}")
+        for name, overrides in value.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+                _fail(f"{key}.{name}", name, "a variant name is letters, digits and . _ + - (it names a folder)")
+            if overrides is None:
+                overrides = value[name] = {}
+            if not isinstance(overrides, dict):
+                _fail(f"{key}.{name}", overrides, "expected a mapping {scenario key: value}")
+            for dotted in overrides:
+                if not isinstance(dotted, str) or not dotted or any(not p for p in dotted.split(".")):
+                    _fail(f"{key}.{name}.{dotted}", dotted, "expected a dotted scenario key such as training.lr")
+                if dotted == "seed" or dotted.split(".")[0] in ("sweep", "name"):
+                    _fail(f"{key}.{name}.{dotted}", overrides[dotted],
+                          "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
+        return {name: dict(overrides or {}) for name, overrides in value.items()}
     return check
 
 
@@ -281,6 +308,7 @@ SCHEMA = {
     "sweep": {
         "seeds": (optional(list_of(integer(0), unique=True)), None),  # null: [seed]
         "grid": (grid(), {}),
+        "variants": (variants(), {}),
     },
 }
 
@@ -407,6 +435,11 @@ def resolve_grid(value: dict) -> dict:
     """A sweep grid checked as sweep.grid is (the form; each setting's keys and values are
     checked when it is resolved)."""
     return grid()("sweep.grid", value)
+
+
+def resolve_variants(value: dict) -> dict:
+    """Sweep variants checked as sweep.variants are."""
+    return variants()("sweep.variants", value)
 
 
 def resolve_scenario(raw: dict, overrides: list[str] = ()) -> dict:

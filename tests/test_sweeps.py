@@ -102,6 +102,40 @@ def test_results_and_sweep_md_say_na_for_one_seed():
     assert "| fedgrow | 1 | 0.700 [n/a] |" in text and "| a | local_small | +0.100 | n/a | 1 | 1 of 1 |" in text
 
 
+# ---- variants ------------------------------------------------------------------------------------
+def test_variants_are_named_settings_crossed_with_the_grid():
+    """Guards sweep.variants: each variant's overrides reach its runs' scenarios (and only its),
+    crossed with the grid, named after the variant, and part of the sweep's identity."""
+    variants = {"paper": {}, "joint": {"training.joint_local": True, "methods": ["fedgrow", "independent_growth"]}}
+    plan = SweepPlan(resolve_scenario(TINY), {"rounds": [1, 2]}, [0, 1], variants)
+    assert [s.name for s in plan.settings] == ["paper,rounds=1", "paper,rounds=2", "joint,rounds=1", "joint,rounds=2"]
+    by_path = {r.path: r.scenario for r in plan.runs}
+    assert len(by_path) == 8
+    assert by_path["paper,rounds=2/seed-1"]["training"]["joint_local"] is False
+    assert by_path["paper,rounds=2/seed-1"]["methods"] == ["fedgrow"] and by_path["paper,rounds=2/seed-1"]["rounds"] == 2
+    joint = by_path["joint,rounds=1/seed-1"]
+    assert joint["training"]["joint_local"] is True and joint["rounds"] == 1 and joint["seed"] == 1
+    assert joint["methods"] == ["fedgrow", "independent_growth"]
+    assert plan.identity()["variants"] == variants
+    assert SweepPlan(resolve_scenario(TINY), {}, [0], {"only": {"rounds": 3}}).settings[0].name == "only"
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"bad name!": {}}, "scenario key 'sweep.variants.bad name!'"),
+    ({"joint": {"seed": 3}}, "scenario key 'sweep.variants.joint.seed'"),
+    ({"joint": {"training.lrr": 1}}, "scenario key 'training.lrr' is unknown"),
+    ({"joint": [1, 2]}, "expected a mapping {scenario key: value}"),
+])
+def test_bad_variants_are_one_line_and_exit_2(tmp_path, capsys, variants, message):
+    """Guards sweep.variants validation: a bad name, key or value is one line, exit 2, nothing written."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "sweep": {"variants": variants}}))
+    assert launch.main([str(path), "--out", str(tmp_path / "sweep"), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "sweep").exists()
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 def _other_sweep(tmp_path) -> Path:
     """A sweep folder of another grid, as launch.py leaves it before its runs start."""

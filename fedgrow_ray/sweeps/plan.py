@@ -1,7 +1,8 @@
 """What a sweep is made of, and its folder.
 
-A sweep runs one scenario over several seeds and over the cartesian product of a grid of other
-keys' values (the settings). Each (setting, seed) is an ordinary run whose own config.yaml is the
+A sweep runs one scenario over several seeds and over its settings: the cartesian product of a
+grid of other keys' values, crossed with named variants (each a set of overrides of its own, e.g.
+`joint: {training.joint_local: true, methods: [fedgrow, independent_growth]}`). Each (setting, seed) is an ordinary run whose own config.yaml is the
 plain run scenario (seed and grid values applied, no sweep section), in its own run folder:
 
     DIR/sweep.json                  the plan and, when runs finish, the statistics (see record)
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ScenarioError, resolve_grid, resolve_scenario, set_key
+from ..config import ScenarioError, resolve_grid, resolve_scenario, resolve_variants, set_key
 from ..outputs import RunFolder, atomic_write
 from .report import write_report
 from .stats import summarise
@@ -67,9 +68,20 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
 
 
-def setting_names(grid: dict) -> list[tuple[str, dict]]:
-    """Every combination of the grid's values in the order given, each with a name built from
-    the keys' last parts (the full key when two grid keys end alike) and the values."""
+def setting_names(grid: dict, variants: dict | None = None) -> list[tuple[str, dict]]:
+    """Every variant (in the order given) crossed with every combination of the grid's values,
+    each with a name: the variant's name, then the grid's keys' last parts (the full key when two
+    grid keys end alike) and the values; "default" with neither."""
+    if variants:
+        named = []
+        for variant, overrides in variants.items():
+            for name, values in _grid_names(grid):
+                named.append((variant if name == "default" else f"{variant},{name}", {**overrides, **values}))
+        return named
+    return _grid_names(grid)
+
+
+def _grid_names(grid: dict) -> list[tuple[str, dict]]:
     if not grid:
         return [("default", {})]
     keys = list(grid)
@@ -106,19 +118,21 @@ def plain(value):
 class SweepPlan:
     """The settings and runs of a sweep over `seeds` and `grid`, from a resolved run scenario."""
 
-    def __init__(self, base: dict, grid: dict, seeds: list[int]):
+    def __init__(self, base: dict, grid: dict, seeds: list[int], variants: dict | None = None):
         if not seeds:
             raise ScenarioError("a sweep needs at least one seed")
         self.base, self.seeds = base, list(seeds)
         self.grid = resolve_grid(grid)  # --grid flags merged into sweep.grid: checked again
-        self.settings = [Setting(name, values) for name, values in setting_names(self.grid)]
+        self.variants = resolve_variants(variants or {})
+        self.settings = [Setting(name, values) for name, values in setting_names(self.grid, self.variants)]
         self.runs = [PlannedRun(s.name, seed, f"{s.name}/seed-{seed}", _scenario_for(base, s.values, seed))
                      for s in self.settings for seed in self.seeds]
 
     def identity(self) -> dict:
         """What makes two sweeps the same sweep: the scenario (its seed aside) and the grid.
         The seeds may differ: a sweep run again with more seeds reuses the ones it has."""
-        return plain({"scenario": {k: v for k, v in self.base.items() if k != "seed"}, "grid": self.grid})
+        return plain({"scenario": {k: v for k, v in self.base.items() if k != "seed"}, "grid": self.grid,
+                      "variants": self.variants})
 
 
 def read_status(run_dir: Path) -> dict:
@@ -150,8 +164,9 @@ class SweepFolder:
             raise SweepError(f"--out {str(self.path)!r} is a file; choose a folder")
         if self.sweep_file.is_file():
             held = self.load()
-            if {"scenario": held.get("identity", {}).get("scenario"),
-                    "grid": held.get("identity", {}).get("grid")} != plan.identity():
+            identity = held.get("identity", {})
+            if {"scenario": identity.get("scenario"), "grid": identity.get("grid"),
+                    "variants": identity.get("variants", {})} != plan.identity():
                 raise SweepError(f"{self.path} holds another sweep (scenario "
                                  f"{held.get('scenario', {}).get('name')!r}, grid {held.get('grid')}); "
                                  f"resume it with --resume {self.path} or choose another --out")
@@ -220,7 +235,7 @@ class SweepFolder:
         """Write sweep.json: how it was made, the plan, each run's status and the statistics."""
         document = {
             **about,
-            "scenario": plan.base, "grid": plan.grid, "seeds": plan.seeds,
+            "scenario": plan.base, "grid": plan.grid, "variants": plan.variants, "seeds": plan.seeds,
             "identity": plan.identity(),
             "settings": [{"name": s.name, "values": s.values} for s in plan.settings],
             "runs": [{"path": r.path, "setting": r.setting, "seed": r.seed, **r.info} for r in plan.runs],
