@@ -71,6 +71,27 @@ def test_paired_differences_pair_by_seed_and_participant():
     assert one["diff_mean"] == pytest.approx(0.0) and one["diff_ci95"] is None and one["wins"] == 0
 
 
+def test_paired_entries_carry_precision_global_accuracy_and_the_spread():
+    """Guards the extra paired metrics: macro precision and global accuracy paired by participant,
+    the spread across participants (accuracy_std) paired by seed, each with its own interval."""
+    def method(acc, prec, spread):
+        return {"accuracy_mean": 0.5, "accuracy_std": spread, "per_participant_accuracy": acc,
+                "bytes_up_total": 0, "bytes_down_total": 0,
+                "per_participant_macro_precision": prec, "per_participant_global_accuracy": None}
+    runs = [{"setting": "s", "seed": seed, "summary": {"methods": {
+        "fedgrow": method({"0": 0.8, "1": 0.6}, {"0": 0.5, "1": 0.7}, spread),
+        "local_small": method({"0": 0.7, "1": 0.6}, {"0": 0.4 + d, "1": 0.4}, 0.2)}}}
+        for seed, spread, d in ((0, 0.1, 0.0), (1, 0.05, 0.1), (2, 0.15, 0.2))]
+    entry = summarise(runs, ["s"])["paired"][0]
+    assert entry["baseline"] == "local_small" and entry["diff_mean"] == pytest.approx(0.05)
+    precision = [(0.1 + 0.3) / 2, (0.0 + 0.3) / 2, (-0.1 + 0.3) / 2]
+    assert entry["macro_precision"]["diff_mean"] == pytest.approx(sum(precision) / 3)
+    assert entry["macro_precision"]["diff_ci95"] == pytest.approx(
+        [0.15 - T_975[2] * 0.05 / math.sqrt(3), 0.15 + T_975[2] * 0.05 / math.sqrt(3)], abs=1e-4)
+    assert entry["accuracy_std"]["diff_mean"] == pytest.approx(-0.1) and entry["accuracy_std"]["wins"] == 0
+    assert entry["global_accuracy"] is None
+
+
 def _summary(accuracy: dict, sent: int, **extra) -> dict:
     values = list(accuracy.values())
     return {"accuracy_mean": sum(values) / len(values), "accuracy_std": 0.1, "macro_precision_mean": 0.5,
@@ -99,7 +120,7 @@ def test_results_and_sweep_md_say_na_for_one_seed():
                 "settings": [{"name": "a", "values": {}}, {"name": "b", "values": {}}],
                 "runs": [{"path": "a/seed-0", "status": "completed"}], **stats}
     text = sweep_markdown(document)
-    assert "| fedgrow | 1 | 0.700 [n/a] |" in text and "| a | local_small | +0.100 | n/a | 1 | 1 of 1 |" in text
+    assert "| fedgrow | 1 | 0.700 [n/a] |" in text and "| a | local_small | +0.100 n/a | 1 | 1 of 1 |" in text
 
 
 # ---- variants ------------------------------------------------------------------------------------

@@ -50,6 +50,13 @@ def _paired_interval(interval) -> str:
     return "n/a" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
+def _difference(entry: dict | None) -> str:
+    """A paired difference and its interval: +0.012 [-0.004, +0.028]."""
+    if not entry or entry.get("diff_mean") is None:
+        return "–"
+    return f"{_signed(entry['diff_mean'])} {_paired_interval(entry['diff_ci95'])}"
+
+
 def sweep_markdown(document: dict) -> str:
     """sweep.md from sweep.json's content."""
     seeds = document["seeds"]
@@ -79,20 +86,23 @@ def sweep_markdown(document: dict) -> str:
                 f"| {_scaled(r, 'rounds', PLAIN)} | {_scaled(r, 'sim_time_s', PLAIN)} |")
         lines.append("")
     if document["paired"]:
-        lines += [f"### Paired differences: {REFERENCE_METHOD} minus each baseline (accuracy)", "",
-                  f"| setting | baseline | {REFERENCE_METHOD} - baseline | 95% interval | seeds "
-                  f"| {REFERENCE_METHOD} ahead |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {p['setting']} | {p['baseline']} | {_signed(p['diff_mean'])} | "
-                  f"{_paired_interval(p['diff_ci95'])} | {p['seeds']} | {p['wins']} of {p['seeds']} |"
+        lines += [f"### Paired differences: {REFERENCE_METHOD} minus each baseline", "",
+                  f"| setting | baseline | accuracy [95% interval] | seeds | {REFERENCE_METHOD} ahead "
+                  f"| macro precision | spread across participants |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['setting']} | {p['baseline']} | {_difference(p)} | {p['seeds']} "
+                  f"| {p['wins']} of {p['seeds']} | {_difference(p.get('macro_precision'))} "
+                  f"| {_difference(p.get('accuracy_std'))} |"
                   for p in document["paired"]]
         lines.append("")
     if document.get("paired_settings"):
         reference = document["paired_settings"][0]["reference_setting"]
-        lines += [f"### Paired differences: each setting minus {reference} (accuracy, same method)", "",
-                  "| setting | method | difference | 95% interval | seeds | ahead |", "|---|---|---|---|---|---|"]
-        lines += [f"| {p['setting']} | {p['method']} | {_signed(p['diff_mean'])} | "
-                  f"{_paired_interval(p['diff_ci95'])} | {p['seeds']} | {p['wins']} of {p['seeds']} |"
+        lines += [f"### Paired differences: each setting minus {reference} (same method)", "",
+                  "| setting | method | accuracy [95% interval] | seeds | ahead | macro precision "
+                  "| spread across participants |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['setting']} | {p['method']} | {_difference(p)} | {p['seeds']} "
+                  f"| {p['wins']} of {p['seeds']} | {_difference(p.get('macro_precision'))} "
+                  f"| {_difference(p.get('accuracy_std'))} |"
                   for p in document["paired_settings"]]
         lines.append("")
     lines.append(
@@ -102,8 +112,9 @@ def sweep_markdown(document: dict) -> str:
         + ("Global accuracy: each participant's model on the shared global test set. " if has_global else "")
         + "Majority-class ref.: each participant always predicting its training split's most frequent "
         "label. Sent: uploads plus downloads of every participant. Paired differences: per seed, the mean "
-        "over participants scored in both of (first - second), then mean and 95% t-interval over seeds; "
-        "ahead: seeds with a positive difference.")
+        "over participants scored in both of (first - second), then mean and 95% t-interval over seeds "
+        "(the spread: per seed, the difference of the two standard deviations; negative = less spread); "
+        "ahead: seeds with a positive accuracy difference.")
     failed = [r for r in document["runs"] if r.get("status") != "completed"]
     if failed:
         lines += ["", "Runs not in these tables: " + "; ".join(

@@ -11,7 +11,9 @@ Paired differences compare like with like: for fedgrow against a baseline in the
 per seed the mean over participants of (fedgrow_i - baseline_i), from each run's
 summary.json `per_participant_accuracy`, over the participants both were scored on; then the
 mean and t-interval of those per-seed differences, the number of seeds, and in how many seeds
-fedgrow was ahead. `paired_settings` does the same for one method between a setting and the
+fedgrow was ahead; and beside it, the same for macro precision and global accuracy (per
+participant) and for the spread across participants (accuracy_std, one value per seed).
+`paired_settings` does the same for one method between a setting and the
 sweep's first setting (e.g. joint_local=true against false). That pairing by seed and
 participant id is meaningful when the grid leaves the data partition alone (a grid over
 `participants` or `data.*` gives other participants the same ids).
@@ -71,6 +73,20 @@ def paired(left: dict, right: dict) -> dict:
             "wins": sum(s["diff"] > 0 for s in per_seed), "per_seed": per_seed}
 
 
+# Paired differences beyond accuracy (sweep.json: each `paired` / `paired_settings` entry carries
+# one sub-entry per name): per participant where a per-participant value exists, else the
+# per-seed value itself (the spread across participants is one number per run).
+PAIRED_EXTRA = {
+    "macro_precision": lambda m: m.get("per_participant_macro_precision"),
+    "global_accuracy": lambda m: m.get("per_participant_global_accuracy"),
+    "accuracy_std": lambda m: None if m.get("accuracy_std") is None else {"run": m["accuracy_std"]},
+}
+
+
+def _brief(result: dict) -> dict:
+    return {k: result[k] for k in ("diff_mean", "diff_ci95", "seeds", "wins")}
+
+
 def summarise(runs: list[dict], settings: list[str]) -> dict:
     """`results`, `paired` and `paired_settings` of completed runs ({setting, seed, summary}),
     settings in the sweep's order (the first is the reference of paired_settings)."""
@@ -93,8 +109,16 @@ def summarise(runs: list[dict], settings: list[str]) -> dict:
                 entry[f"{name}_mean"], entry[f"{name}_ci95"] = t_interval(read(m) for m in seeds.values())
             results.append(entry)
 
-    def accuracies(setting, method):
-        return {seed: m.get("per_participant_accuracy") for seed, m in by.get((setting, method), {}).items()}
+    def accuracies(setting, method, read=lambda m: m.get("per_participant_accuracy")):
+        return {seed: read(m) for seed, m in by.get((setting, method), {}).items()}
+
+    def compare(left, right) -> dict:
+        """Accuracy's paired difference at the top level, the other metrics' beside it."""
+        entry = paired(accuracies(*left), accuracies(*right))
+        for name, read in PAIRED_EXTRA.items():
+            extra = paired(accuracies(*left, read), accuracies(*right, read))
+            entry[name] = _brief(extra) if extra["seeds"] else None
+        return entry
 
     paired_methods = []
     for setting in settings:
@@ -103,12 +127,11 @@ def summarise(runs: list[dict], settings: list[str]) -> dict:
         for baseline in methods[setting]:
             if baseline != REFERENCE_METHOD:
                 paired_methods.append({"setting": setting, "method": REFERENCE_METHOD, "baseline": baseline,
-                                       **paired(accuracies(setting, REFERENCE_METHOD),
-                                                accuracies(setting, baseline))})
+                                       **compare((setting, REFERENCE_METHOD), (setting, baseline))})
     paired_settings = []
     for setting in settings[1:]:
         for method in methods[setting]:
             if method in methods[settings[0]]:
                 paired_settings.append({"setting": setting, "reference_setting": settings[0], "method": method,
-                                        **paired(accuracies(setting, method), accuracies(settings[0], method))})
+                                        **compare((setting, method), (settings[0], method))})
     return {"results": results, "paired": paired_methods, "paired_settings": paired_settings}
