@@ -44,6 +44,8 @@ METRICS = {
     "flops": lambda m: m.get("flops_total"),
     "rounds": lambda m: m.get("rounds"),
     "sim_time_s": lambda m: m.get("sim_time_s"),
+    "trainable_params": lambda m: m.get("trainable_params_per_participant"),
+    "shared_params": lambda m: m.get("shared_params"),
 }
 
 

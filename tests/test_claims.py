@@ -1,0 +1,85 @@
+"""The README's Results generator: verdicts by the stated rule, tables from sweep statistics, and
+the README section replaced between its markers only."""
+
+import pytest
+
+from conftest import TINY
+from fedgrow_ray.config import resolve_scenario
+from fedgrow_ray.sweeps import summarise
+from fedgrow_ray.sweeps.claims import BEGIN, END, claims_table, main, results_section, update_readme, verdict
+
+
+def test_verdict_follows_the_interval():
+    """Guards the verdict rule: holds only with the whole interval on the claimed side."""
+    assert verdict({"diff_mean": 0.02, "diff_ci95": [0.01, 0.03]}) == "holds"
+    assert verdict({"diff_mean": -0.02, "diff_ci95": [-0.03, -0.01]}) == "does not hold"
+    assert verdict({"diff_mean": 0.01, "diff_ci95": [-0.01, 0.03]}) == "inconclusive"
+    assert verdict({"diff_mean": -0.02, "diff_ci95": [-0.03, -0.01]}, direction=-1) == "holds"
+    assert verdict({"diff_mean": 0.02, "diff_ci95": None}).startswith("inconclusive")
+    assert verdict(None).startswith("inconclusive")
+
+
+def _method(accuracy: dict, trainable: int, sent: int, spread: float) -> dict:
+    return {"accuracy_mean": sum(accuracy.values()) / len(accuracy), "accuracy_std": spread,
+            "macro_precision_mean": 0.5, "global_accuracy_mean": None, "majority_accuracy_mean": 0.4,
+            "bytes_up_total": sent, "bytes_down_total": sent, "flops_total": 1e12, "rounds": 10,
+            "sim_time_s": 5.0, "trainable_params_per_participant": trainable, "shared_params": 10,
+            "per_participant_accuracy": accuracy, "per_participant_macro_precision": accuracy}
+
+
+def _document() -> dict:
+    runs = []
+    for seed, lift in enumerate((0.02, 0.03, 0.025)):
+        runs.append({"setting": "paper", "seed": seed, "summary": {"methods": {
+            "fedgrow": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 200, 100, 0.05),
+            "fedavg_scratch": _method({"0": 0.7, "1": 0.6}, 400, 300, 0.05 + lift),
+            "independent_growth": _method({"0": 0.7 + lift, "1": 0.6 + lift - 0.01 * seed}, 200, 0, 0.05)}}})
+        runs.append({"setting": "equal-bytes", "seed": seed, "summary": {"methods": {
+            "fedgrow": _method({"0": 0.7, "1": 0.6}, 200, 300, 0.05),
+            "fedavg_scratch": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 400, 300, 0.05)}}})
+    scenario = resolve_scenario(TINY)
+    return {"command": "python launch.py tiny.yaml", "commit": "0" * 40, "dirty": False, "seeds": [0, 1, 2],
+            "scenario": scenario, "settings": [{"name": "paper", "values": {}},
+                                               {"name": "equal-bytes", "values": {"budget.bytes": 600}}],
+            "runs": [{"path": f"{r['setting']}/seed-{r['seed']}", "status": "completed", "started": 0.0,
+                      "ended": 3600.0} for r in runs],
+            **summarise(runs, ["paper", "equal-bytes"])}
+
+
+def test_claims_table_states_what_was_measured_and_the_verdict():
+    """Guards the claims table: each row's figure comes from the sweep's paired statistics and its
+    verdict from the rule; counted reductions are compared with the paper's figures."""
+    table = "\n".join(claims_table({"toy": _document()}))
+    assert "| higher accuracy than fedavg_scratch | toy | +0.025 [" in table
+    assert table.count("| higher accuracy than fedavg_scratch | toy |") == 1
+    row = next(line for line in table.splitlines() if line.startswith("| higher accuracy than fedavg_scratch"))
+    assert row.endswith("| holds |")
+    spread = next(line for line in table.splitlines() if line.startswith("| less spread across participants than fedavg_scratch"))
+    assert spread.endswith("| holds |")  # fedgrow's spread is lower in every seed
+    assert "50.0% fewer than fedavg_scratch's full model" in table and "fewer, by less than claimed" in table
+    assert "66.7% fewer bytes than fedavg_scratch" in table and "less, by less than claimed" in table
+    equal = next(line for line in table.splitlines() if line.startswith("| comparable accuracy under the same"))
+    assert "-0.025 [" in equal and "does not hold" in equal
+
+
+def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path):
+    """Guards the README update: only the text between the markers changes; no markers, no write."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# top\n\n## Results\n\n{BEGIN}\nstale table\n{END}\n\n## After\nkept\n")
+    section = results_section({"toy": _document()})
+    update_readme(readme, section)
+    text = readme.read_text()
+    assert text.startswith("# top\n\n## Results\n\n" + BEGIN) and text.endswith(f"{END}\n\n## After\nkept\n")
+    assert "stale table" not in text and "### toy" in text and "Made by `python launch.py tiny.yaml` at commit 000000000000" in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no '<!-- results:begin -->'"):
+        update_readme(bare, section)
+    assert bare.read_text() == "no markers\n"
+
+
+def test_a_missing_sweep_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    """Guards the command line: a folder without sweep.json is one line, exit 2."""
+    assert main([f"text={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.json" in err and len(err.strip().splitlines()) == 1
