@@ -93,6 +93,8 @@ def parse_args(argv):
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: one run per value (values read as YAML), crossed with other "
                              "--grid keys, e.g. --grid protocol=paper,reference-code")
+    parser.add_argument("--variants", metavar="NAME,NAME",
+                        help="sweep: run only these of the scenario's sweep.variants (default: all)")
     parser.add_argument("--address", help="join an existing Ray cluster: auto or HOST:PORT")
     parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="ray (default) or local: every participant in this process, no Ray")
@@ -101,7 +103,8 @@ def parse_args(argv):
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a stopped run from its last checkpoint, or a sweep")
     args = parser.parse_args(argv)
-    if args.resume and (args.set or args.out or args.scenario or args.seeds or args.grid):
+    if args.resume and (args.set or args.out or args.scenario or args.seeds or args.grid
+                        or args.variants):
         parser.error("--resume takes the run folder only, or a sweep folder: it holds the scenario")
     return args
 
@@ -164,6 +167,19 @@ def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> 
     return summary
 
 
+def pick_variants(variants: dict, names: str | None) -> dict:
+    """The scenario's named variants, or only those --variants names (in the scenario's order)."""
+    if not names:
+        return variants
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in variants]
+    if unknown or not wanted:
+        allowed = ", ".join(variants) or "none: the scenario has no sweep.variants"
+        raise ScenarioError(f"--variants {names}: {', '.join(unknown) or 'no name given'} is not one of "
+                            f"the scenario's sweep.variants ({allowed})")
+    return {n: v for n, v in variants.items() if n in wanted}
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         count = int(text)
@@ -218,7 +234,7 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
         else:
             seeds = parse_seeds(args.seeds) if args.seeds is not None else (section["seeds"] or [scenario["seed"]])
             grid = {**section["grid"], **parse_grid(args.grid)}
-            variants = section["variants"]
+            variants = pick_variants(section["variants"], args.variants)
             out = args.out or ROOT / "runs" / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
             folder = SweepFolder(out)
             about = {"command": "python launch.py " + shlex.join(argv),
@@ -279,8 +295,8 @@ def main(argv=None) -> int:
         else:
             raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
             scenario, section = load_sweep(raw, args.set)
-            if (args.seeds is not None or args.grid or section["seeds"] is not None or section["grid"]
-                    or section["variants"]):
+            if (args.seeds is not None or args.grid or args.variants or section["seeds"] is not None
+                    or section["grid"] or section["variants"]):
                 return sweep_main(args, argv, progress, scenario, section)
         progress.message(f"preparing data ({scenario['data']['source']}) ...")
         args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere

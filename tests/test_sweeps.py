@@ -141,6 +141,13 @@ def test_variants_are_named_settings_crossed_with_the_grid():
     assert SweepPlan(resolve_scenario(TINY), {}, [0], {"only": {"rounds": 3}}).settings[0].name == "only"
 
 
+def test_variants_flag_runs_only_the_named_variants():
+    """Guards --variants: the named subset, in the scenario's order, with each its own overrides."""
+    variants = {"paper": {}, "joint": {"training.joint_local": True}, "short": {"rounds": 1}}
+    assert launch.pick_variants(variants, None) == variants
+    assert launch.pick_variants(variants, "short,paper") == {"paper": {}, "short": {"rounds": 1}}
+
+
 @pytest.mark.parametrize("variants, message", [
     ({"bad name!": {}}, "scenario key 'sweep.variants.bad name!'"),
     ({"joint": {"seed": 3}}, "scenario key 'sweep.variants.joint.seed'"),
@@ -182,6 +189,10 @@ BAD_SWEEPS = [
     ("negative seed in the scenario", lambda t: ["--set", "sweep.seeds=[0, -1]"],
      "scenario key 'sweep.seeds[1]': -1 is not allowed"),
     ("a local sweep", lambda t: ["--seeds", "2", "--executor", "local"], "a sweep runs on Ray"),
+    ("an unknown variant", lambda t: ["--set", "sweep.variants={a: {}, b: {rounds: 2}}", "--variants", "a,c"],
+     "--variants a,c: c is not one of the scenario's sweep.variants (a, b)"),
+    ("variants the scenario lacks", lambda t: ["--seeds", "2", "--variants", "a"],
+     "--variants a: a is not one of the scenario's sweep.variants (none: the scenario has no sweep.variants)"),
 ]
 
 
