@@ -370,4 +370,15 @@ def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ScenarioError(f"scenario file {str(path)!r}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    return resolve_scenario(raw, overrides)
+    return _absolute_data_paths(resolve_scenario(raw, overrides))
+
+
+def _absolute_data_paths(s: dict) -> dict:
+    """A scenario file's relative `data.files` paths name files in the folder launch.py runs in;
+    they are made absolute when the file is loaded, since Ray workers, a cluster's copy of the
+    code and a sweep's runs each work in folders of their own."""
+    files = s["data"].get("files")
+    for key in ("train", "test"):
+        if files and files[key]:
+            files[key] = str(Path.cwd() / Path(files[key]).expanduser())
+    return s

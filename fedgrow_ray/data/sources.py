@@ -20,6 +20,7 @@ from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 from datasets.table import InMemoryTable
 
+from .offline import missing_file_hint
 from .synthetic import synthetic_image, synthetic_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -192,7 +193,8 @@ def _read_image_folder(path, key) -> Dataset:
 def _existing(path, key) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(f"{key}: {path} does not exist")
+        where = "" if path.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+        raise ValueError(f"{key}: {path} does not exist{where}{missing_file_hint(path)}")
     return path
 
 
