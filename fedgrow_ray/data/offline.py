@@ -160,8 +160,12 @@ def _stratified(rows: dict, labels: np.ndarray, test_fraction: float, seed: int)
     """Train and test tables, every class split in the same proportion (scikit-learn's
     stratified split, seeded); rows keep their original order within each table."""
     from sklearn.model_selection import train_test_split
-    train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                   stratify=labels, random_state=seed)
+    try:
+        train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                       stratify=labels, random_state=seed)
+    except ValueError as err:  # too few rows of a class for both files
+        raise ExportError(f"--test-fraction {test_fraction}: cannot split {len(labels)} rows so "
+                          f"that every class is in both files: {err}") from None
     table = pa.table(rows)
     return table.take(np.sort(train)), table.take(np.sort(test))
 
@@ -228,6 +232,9 @@ def _fraction(text):
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be a number in (0, 1)")
     return value
+
+
+_fraction.__name__ = "number"  # argparse names it in "invalid number value: 'x'"
 
 
 def _at_least(minimum):

@@ -20,7 +20,6 @@ from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 from datasets.table import InMemoryTable
 
-from .offline import missing_file_hint
 from .synthetic import synthetic_image, synthetic_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -193,6 +192,8 @@ def _read_image_folder(path, key) -> Dataset:
 def _existing(path, key) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
+        # Imported here: `python -m fedgrow_ray.data.offline` imports this module first.
+        from .offline import missing_file_hint
         where = "" if path.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
         raise ValueError(f"{key}: {path} does not exist{where}{missing_file_hint(path)}")
     return path
