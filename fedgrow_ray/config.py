@@ -428,7 +428,7 @@ def load_sweep(raw: dict, overrides: list[str] = ()) -> tuple[dict, dict]:
     resolved = _resolve(SCHEMA, apply_overrides(raw or {}, list(overrides)), "")
     sweep = resolved.pop("sweep")
     _check_together(resolved)
-    return resolved, sweep
+    return _absolute_data_paths(resolved), sweep
 
 
 def resolve_grid(value: dict) -> dict:
@@ -465,3 +465,14 @@ def read_scenario_file(path: str | Path) -> dict:
 
 def load_scenario(path: str | Path, overrides: list[str] = ()) -> dict:
     return resolve_scenario(read_scenario_file(path), overrides)
+
+
+def _absolute_data_paths(s: dict) -> dict:
+    """A scenario's relative `data.files` paths name files in the folder launch.py runs in; they
+    are made absolute when the scenario is resolved, since Ray workers, a cluster's copy of the
+    code and a sweep's runs each work in folders of their own."""
+    files = s["data"].get("files")
+    for key in ("train", "test"):
+        if files and files[key]:
+            files[key] = str(Path.cwd() / Path(files[key]).expanduser())
+    return s

@@ -19,7 +19,8 @@ The `data:` keys of a scenario (defaults after `=`):
     train_size = 4000       synthetic only
     test_size = 1000        synthetic only
     label_noise = 0.05      synthetic only: share of labels replaced by another class
-    files:                  source files only
+    files:                  source files only (`python -m fedgrow_ray.data.offline` exports
+                            real datasets that ship offline, digits and WordNet, to such files)
       train                 required: a Parquet, CSV or JSON Lines file, or an image folder
                             (root/<class name>/<image>)
       test = null           same format; null: a seeded test_fraction of train is held out

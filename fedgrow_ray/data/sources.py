@@ -192,7 +192,10 @@ def _read_image_folder(path, key) -> Dataset:
 def _existing(path, key) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(f"{key}: {path} does not exist")
+        # Imported here: `python -m fedgrow_ray.data.offline` imports this module first.
+        from .offline import missing_file_hint
+        where = "" if path.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+        raise ValueError(f"{key}: {path} does not exist{where}{missing_file_hint(path)}")
     return path
 
 
