@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -98,6 +99,19 @@ def text(optional=True):
             return None
         if not isinstance(value, str) or not value:
             _fail(key, value, "expected a non-empty string")
+        return value
+    return check
+
+
+def location():
+    """A storage location: null, an absolute path, or a URI that pyarrow.fs opens
+    (file:///..., s3://..., gs://..., hdfs://...)."""
+    def check(key, value):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not (value.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*://.", value)):
+            _fail(key, value, "expected null, an absolute path or a URI such as file:///shared/state "
+                              "or s3://bucket/prefix (every node must reach it)")
         return value
     return check
 
@@ -232,6 +246,8 @@ SCHEMA = {
         "placement": (choice(("spread", "pack")), "spread"),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
+        # where participants' private state lives (see fedgrow_ray.participant.state_location)
+        "state_uri": (location(), None),
     },
     "faults": {
         "kill_host": (list_of(mapping({"host": (integer(0), None), "round": (integer(1), None),
