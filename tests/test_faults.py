@@ -154,3 +154,192 @@ def test_timed_out_work_is_cancelled_and_rolled_back(ray_session, cache, tmp_pat
     for pid in (2, 4):
         assert (f"fedgrow round 1: participant {pid} failed: no answer within hosts.round_timeout_s=45 s "
                 f"(host #0); its work was cancelled") in log
+
+
+# ---- a hard kill of launch.py, then --resume ---------------------------------------------------
+
+# Imported first by every Python process of a launched run (Ray workers inherit PYTHONPATH): with
+# FEDGROW_TEST_PAUSE=checkpoint:K the K-th driver checkpoint of the process stops after its
+# temporary file is written and before it is renamed into place; with participant:K, a host's
+# K-th participant-state write stops before its temporary file is moved into place. The paused
+# process writes FEDGROW_TEST_PAUSED and waits to be killed. Nothing else changes.
+PAUSE_HOOK = '''
+import importlib.abc, importlib.machinery, os, sys, time
+
+_MODE = os.environ.get("FEDGROW_TEST_PAUSE")
+
+
+def _pause():
+    with open(os.environ["FEDGROW_TEST_PAUSED"], "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+class _Os:
+    def __init__(self, count):
+        self.count, self.seen = count, 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def replace(self, src, dst):
+        if str(dst).endswith("checkpoint.pt"):
+            self.seen += 1
+            if self.seen == self.count:
+                _pause()
+        return os.replace(src, dst)
+
+
+class _PausingFs:
+    def __init__(self, fs):
+        self._fs = fs
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def move(self, src, dst):
+        _pause()
+
+
+def _patch(module, kind, count):
+    if kind == "checkpoint" and module.__name__ == "fedgrow_ray.outputs":
+        module.os = _Os(count)
+    if kind == "participant" and module.__name__ == "fedgrow_ray.participant":
+        write, seen = module.StateStore.write, [0]
+
+        def pausing_write(self, *args, **kwargs):
+            seen[0] += 1
+            if seen[0] == count:
+                self.fs = _PausingFs(self.fs)
+            return write(self, *args, **kwargs)
+        module.StateStore.write = pausing_write
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in ("fedgrow_ray.outputs", "fedgrow_ray.participant"):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        kind, count = _MODE.split(":")
+
+        def exec_module(module):
+            run(module)
+            _patch(module, kind, int(count))
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _MODE:
+    sys.meta_path.insert(0, _Finder())
+'''
+
+
+class Launched:
+    """launch.py in its own session (like `setsid`), so that it and every process of its local
+    Ray can be found (same session id) and killed, and only those."""
+
+    def __init__(self, args, env, log):
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env,
+                                     stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def processes(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.proc.pid:
+                    found.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL every process of the session, until none is left (launch.py, the driver,
+        the hosts, gcs, raylet, Ray's agents)."""
+        for _ in range(20):
+            procs = self.processes()
+            if not procs:
+                break
+            for proc in procs:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(procs, timeout=5)
+        self.proc.wait(timeout=30)
+        assert not self.processes(), "processes of the killed run are still alive"
+
+    def wait_for(self, condition, what: str, timeout: float = 600.0) -> None:
+        end = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"launch.py ended (exit {self.proc.returncode}) before {what}"
+            assert time.monotonic() < end, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.05)
+
+
+def _rows(out: Path) -> int:
+    return len(RunFolder(out).metrics())
+
+
+@pytest.mark.slow  # about 6 launch.py runs, each starting its own Ray: 5-10 minutes here
+def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
+    """launch.py's whole session SIGKILLed at seeded random points (during round 1, during a
+    driver checkpoint write, during a participant-state write, at a random moment after a
+    round), each time every Ray process of that run gone, then `--resume`: the final
+    global_ligo_sha256 and every metrics row equal the uninterrupted run's. Guards against any
+    state a resume does not restore (random streams, optimiser moments, participant files
+    written after the driver's checkpoint, a run killed before its first checkpoint)."""
+    rng = random.Random(2026)
+    spec = yaml.safe_load(yaml.safe_dump(scenario("rounds=3", "methods=[fedgrow, local_small]")))
+    scenario_file = tmp_path / "scenario.yaml"
+    scenario_file.write_text(yaml.safe_dump(spec))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(PAUSE_HOOK)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    paused = tmp_path / "paused"
+    log = tmp_path / "launch.log"
+
+    reference_out, out = tmp_path / "uninterrupted", tmp_path / "run"
+    whole = Launched([str(scenario_file), "--out", str(reference_out), "--cache", cache], env, log)
+    assert whole.proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+
+    def resume(pause: str | None = None) -> Launched:
+        paused.unlink(missing_ok=True)
+        return Launched(["--resume", str(out), "--cache", cache],
+                        {**env, "FEDGROW_TEST_PAUSE": pause or "", "FEDGROW_TEST_PAUSED": str(paused)}, log)
+
+    # 1. During round 1: the hosts are up and setting participants up; no checkpoint yet.
+    run = Launched([str(scenario_file), "--out", str(out), "--cache", cache], env, log)
+    run.wait_for(lambda: (out / "events.log").exists() and "participant hosts started" in (out / "events.log").read_text(),
+                 "participant hosts")
+    time.sleep(rng.uniform(0.0, 1.0))
+    assert not (out / "checkpoint.pt").exists()
+    run.kill()
+    # 2. During the K-th driver checkpoint write (its temporary file written, not yet renamed).
+    run = resume(f"checkpoint:{rng.randint(1, 3)}")
+    run.wait_for(paused.exists, "the paused checkpoint write")
+    run.kill()
+    # 3. During a host's K-th participant-state write.
+    run = resume(f"participant:{rng.randint(1, 8)}")
+    run.wait_for(paused.exists, "the paused participant write")
+    run.kill()
+    # 4. At a random moment after the next round ends.
+    rows = _rows(out)
+    run = resume()
+    run.wait_for(lambda: _rows(out) > rows, "a round's row")
+    time.sleep(rng.uniform(0.0, 2.0))
+    run.kill()
+    # 5. To the end.
+    run = resume()
+    assert run.proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    assert not run.processes()
+
+    summary = json.loads((out / "summary.json").read_text())
+    reference = json.loads((reference_out / "summary.json").read_text())
+    assert_same_run(summary, RunFolder(out).metrics(), reference, RunFolder(reference_out).metrics())
+    events = (out / "events.log").read_text()
+    assert "resuming from the start" in events and events.count("resuming") == 4
