@@ -271,6 +271,15 @@ class Launched:
         self.proc.wait(timeout=30)
         assert not self.processes(), "processes of the killed run are still alive"
 
+    def wait_gone(self, timeout: float = 60.0) -> None:
+        """After launch.py ended: its local Ray's processes end too (within `timeout`)."""
+        end = time.monotonic() + timeout
+        while self.processes() and time.monotonic() < end:
+            time.sleep(0.5)
+        left = self.processes()
+        self.kill()
+        assert not left, f"processes of the finished run still alive after {timeout:.0f} s: {left}"
+
     def wait_for(self, condition, what: str, timeout: float = 600.0) -> None:
         end = time.monotonic() + timeout
         while not condition():
@@ -306,6 +315,7 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
     reference_out, out = tmp_path / "uninterrupted", tmp_path / "run"
     whole = Launched([str(scenario_file), "--out", str(reference_out), "--cache", cache], env, log)
     assert whole.proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    whole.wait_gone()
 
     def resume(pause: str | None = None) -> Launched:
         paused.unlink(missing_ok=True)
@@ -336,7 +346,7 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
     # 5. To the end.
     run = resume()
     assert run.proc.wait(timeout=900) == 0, log.read_text()[-3000:]
-    assert not run.processes()
+    run.wait_gone()
 
     summary = json.loads((out / "summary.json").read_text())
     reference = json.loads((reference_out / "summary.json").read_text())
