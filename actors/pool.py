@@ -64,9 +64,6 @@ class Call:
     send: Callable[[], "ray.ObjectRef"]
     attempt: int = 0
 
-    def submit(self) -> "ray.ObjectRef":
-        return self.send()
-
 
 class RayExecutor:
     def __init__(self, scenario: dict, cache_dir: str, state_location: str, log, run_id: str = "run",
@@ -166,7 +163,7 @@ class RayExecutor:
             if call.index in self.down:
                 self.down[call.index]["waiting"].append(call)
             else:
-                pending[call.submit()] = call
+                pending[call.send()] = call
 
         for call in calls:
             send(call)
@@ -181,8 +178,12 @@ class RayExecutor:
                     probes[down["probe"]] = index
             waits = [d["next_probe"] for d in self.down.values() if d["waiting"] and d["probe"] is None]
             until = min([deadline] + waits)
-            done, _ = ray.wait(list(pending) + list(probes), num_returns=1,
-                               timeout=max(0.0, until - time.monotonic()))
+            if not pending and not probes:  # only calls waiting for a host to come back
+                time.sleep(max(0.0, until - time.monotonic()))
+                done = []
+            else:
+                done, _ = ray.wait(list(pending) + list(probes), num_returns=1,
+                                   timeout=max(0.0, until - time.monotonic()))
             if not done:
                 if time.monotonic() < deadline:
                     continue  # time for a probe

@@ -293,7 +293,7 @@ class ParticipantHost:
         participant.should_stop = self.should_stop
         origin, saved = {"state": "new"}, None
         if expected is None:
-            if pid in self.evicted:
+            if pid in self.evicted and self.evicted[pid] is None:  # spilled by this host
                 saved = self.store.unspill(pid)
                 origin = {"state": "reloaded"}
         elif self.store is None:
