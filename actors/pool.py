@@ -92,7 +92,7 @@ class RayExecutor:
                 f"the cluster offers {resources}. Lower hosts.actors, hosts.num_cpus or "
                 f"hosts.memory_mb.") from None
         log(f"{size} participant hosts started: " + ", ".join(
-            f"#{i['index']} node {i['node_id'][:8]} {i['device']}" for i in self.info))
+            f"#{i['index']} node {i['node_id'][:8]} process {i['pid']} {i['device']}" for i in self.info))
         self.used_nodes: set[str] = set()
         self.held: dict[int, set[int]] = {i: set() for i in range(size)}
         self.killed: set[int] = set()    # by fault injection
@@ -119,8 +119,8 @@ class RayExecutor:
             cause = "likely out of memory"
         elif "ray.kill" in text or "killed" in text.lower() or "restarted" in text.lower():
             cause = "killed (ray.kill, or its process ended)"
-        elif "node" in text.lower():
-            cause = "its node was lost"
+        elif "unavailable" in text.lower():
+            cause = "it stopped answering (its process ended, or its node was lost)"
         else:
             cause = "crashed"
         held = sorted(self.held[index])

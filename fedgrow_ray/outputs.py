@@ -117,7 +117,10 @@ class RunFolder:
         if state["scenario_sha256"] != self.scenario_sha256():
             raise ResumeError(f"{path} was written for a different scenario: {self.path / 'config.yaml'} "
                               f"has changed since; restore it or start a new run")
-        self.state_id = state.get("state_id", self.state_id)
+        if "versions" not in state:  # participant state before it was versioned (issue 11)
+            raise ResumeError(f"{path} was written by an older fedgrow-ray whose participant state "
+                              f"this one cannot read; start a new run")
+        self.state_id = state["state_id"]
         return state
 
     @classmethod

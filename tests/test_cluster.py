@@ -208,7 +208,8 @@ NODE_LOSS = {**TINY, "rounds": 4,
 
 def _run_losing_the_worker(cluster, tmp_path, spec, lose_files=None):
     """launch.py on the cluster; once round 1 is recorded, the worker node is stopped (and
-    `lose_files()` runs: what went with its disk). Returns (summary, rows, events)."""
+    `lose_files(host index)` runs: what went with its disk). Returns (summary, rows, events,
+    the index of the host that was on the worker node)."""
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(yaml.safe_dump(spec))
     out, cache, log = tmp_path / "run", tmp_path / "cache", tmp_path / "launch.log"
@@ -223,16 +224,20 @@ def _run_losing_the_worker(cluster, tmp_path, spec, lose_files=None):
                 assert launched.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(0.1)
             started = next(line for line in (out / "events.log").read_text().splitlines() if "hosts started" in line)
-            assert len(set(re.findall(r"node (\w{8})", started))) == 2, started  # one host per node
+            hosts = {int(pid): (int(index), node) for index, node, pid in
+                     re.findall(r"#(\d+) node (\w{8}) process (\d+)", started)}
+            assert len({node for _, node in hosts.values()}) == 2, started  # one host per node
+            on_worker = [hosts[p.pid][0] for p in cluster.processes(cluster.sessions[1:]) if p.pid in hosts]
+            assert len(on_worker) == 1, (started, on_worker)
             cluster.stop_worker()
             if lose_files:
-                lose_files()
+                lose_files(on_worker[0])
             code = launched.wait(timeout=RUN_TIMEOUT_S)
         finally:
             launched.kill()
     assert code == 0, f"launch.py: {code}\n{log.read_text()[-4000:]}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return json.loads((out / "summary.json").read_text()), rows, (out / "events.log").read_text()
+    return json.loads((out / "summary.json").read_text()), rows, (out / "events.log").read_text(), on_worker[0]
 
 
 def _fault_free(tmp_path, spec):
@@ -259,14 +264,14 @@ def test_a_lost_node_changes_nothing_with_shared_state(two_node_cluster, tmp_pat
     the run ends exactly as the fault-free one (hash and every row apart from measurements).
     Fails if a host restarted on another node cannot find its participants' state."""
     spec = {**NODE_LOSS, "hosts": {**NODE_LOSS["hosts"], "state_uri": f"file://{tmp_path / 'shared'}"}}
-    summary, rows, events = _run_losing_the_worker(two_node_cluster, tmp_path, spec)
+    summary, rows, events, lost = _run_losing_the_worker(two_node_cluster, tmp_path, spec)
     reference, reference_rows = _fault_free(tmp_path, NODE_LOSS)
     assert summary["global_ligo_sha256"] == reference["global_ligo_sha256"], events
     assert len(rows) == len(reference_rows)
     for row, expected in zip(rows, reference_rows):
         keys = (row.keys() | expected.keys()) - MEASURED
         assert {k: row.get(k) for k in keys} == {k: expected.get(k) for k in keys}, (row["round"], events)
-    assert sum(r["restarts"] for r in rows) >= 1 and "host #1 restarted" in events
+    assert sum(r["restarts"] for r in rows) == 1 and f"host #{lost} restarted" in events
     assert "RESET" not in events
 
 
@@ -278,15 +283,14 @@ def test_a_lost_node_without_shared_state_says_which_participants_were_reset(two
     state = tmp_path / "state"
     spec = {**NODE_LOSS, "hosts": {**NODE_LOSS["hosts"], "state_uri": str(state)}}
 
-    def lose_the_workers_disk():  # host #1 (on the worker node) holds participants 1, 3, 5
+    def lose_the_workers_disk(host):  # host k holds participants k, k + 2, k + 4
         for path in state.rglob("p*.pt"):
-            if int(path.name[1:].split(".")[0]) % 2 == 1:
+            if int(path.name[1:].split(".")[0]) % 2 == host:
                 path.unlink()
 
-    summary, rows, events = _run_losing_the_worker(two_node_cluster, tmp_path, spec, lose_the_workers_disk)
+    _, rows, events, lost = _run_losing_the_worker(two_node_cluster, tmp_path, spec, lose_the_workers_disk)
     assert [r["round"] for r in rows] == [1, 2, 3, 4] and all(r["failed"] == 0 for r in rows)
     assert sum(r["restored_fresh"] for r in rows) == 3
-    for pid in (1, 3, 5):
-        assert f"PARTICIPANT {pid} RESET: its private state was not found" in events
-    for pid in (0, 2, 4):
-        assert f"PARTICIPANT {pid} RESET" not in events
+    for pid in range(6):
+        reset = f"PARTICIPANT {pid} RESET: its private state was not found" in events
+        assert reset == (pid % 2 == lost), (pid, events)
