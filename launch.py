@@ -29,9 +29,8 @@ import yaml
 
 from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file, resolve_scenario
 from fedgrow_ray.data import DatasetUnavailable
-from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
+from fedgrow_ray.experiment import DEFAULT_CACHE, prepare_scenario_data
 from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
-from fedgrow_ray.participant import StateStore
 from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
 
 ROOT = Path(__file__).resolve().parent
@@ -149,22 +148,15 @@ def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -
 
 
 def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> dict:
-    from fedgrow_ray.rounds import LocalExecutor, run_experiment
+    from fedgrow_ray.rounds import LocalExecutor, run_in_folder
 
     def log(message):
         folder.log(message)
         progress.message(message)
 
-    checkpoint = None
-    if resume:
-        checkpoint = folder.load_checkpoint()
-        StateStore.discard_after(folder.state_dir, checkpoint["tick"])
-        log(f"resuming after {checkpoint['method']} round {checkpoint['round']}")
-    executor = LocalExecutor(scenario, str(data_path), state_dir=str(folder.state_dir))
-    summary = run_experiment(Experiment(scenario, data_path), executor, folder.record, log,
-                             progress.update, folder.save_checkpoint, checkpoint)
-    folder.finish(summary)
-    return summary
+    return run_in_folder(scenario, data_path, folder,
+                         lambda location: LocalExecutor(scenario, str(data_path), state_dir=location),
+                         log, progress.update, resume)
 
 
 def pick_variants(variants: dict, names: str | None) -> dict:

@@ -13,27 +13,12 @@ import traceback
 import uuid
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
-from fedgrow_ray.participant import StateStore
-from fedgrow_ray.rounds import run_experiment
+from fedgrow_ray.rounds import run_in_folder
 
 from .pool import RayExecutor
-
-
-@ray.remote(num_cpus=0)
-def _discard_after(state_dir: str, tick: int) -> int:
-    return StateStore.discard_after(state_dir, tick)
-
-
-def discard_stale_participant_state(state_dir: str, tick: int) -> int:
-    """On every node: remove participant checkpoints newer than the driver's (a failed run
-    wrote them after its last consistent checkpoint)."""
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    return sum(ray.get([_discard_after.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node_id=node, soft=False)).remote(state_dir, tick) for node in nodes]))
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
@@ -68,20 +53,12 @@ class DriverActor:
 
     def run(self) -> dict:
         try:
-            checkpoint = None
-            state_dir = str(self.folder.state_dir)
-            if self.resume:
-                checkpoint = self.folder.load_checkpoint()
-                stale = discard_stale_participant_state(state_dir, checkpoint["tick"])
-                self._log(f"resuming after {checkpoint['method']} round {checkpoint['round']} "
-                          f"({stale} newer participant files discarded)")
-            experiment = Experiment(self.scenario, prepare_scenario_data(self.scenario, self.cache_dir))
-            executor = RayExecutor(self.scenario, self.cache_dir, state_dir, self._log, self.run_id,
-                                   self.placement)
-            summary = run_experiment(experiment, executor, self.folder.record, self._log, self._progress,
-                                     self.folder.save_checkpoint, checkpoint)
-            self.folder.finish(summary)
-            return summary
+            data_path = prepare_scenario_data(self.scenario, self.cache_dir)
+            return run_in_folder(
+                self.scenario, data_path, self.folder,
+                lambda location: RayExecutor(self.scenario, self.cache_dir, location, self._log, self.run_id,
+                                             self.placement),
+                self._log, self._progress, self.resume)
         except Exception as err:
             self.folder.fail(f"{type(err).__name__}: {err}")
             self._log(traceback.format_exc())

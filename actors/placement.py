@@ -18,9 +18,6 @@ import ray
 from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                             PlacementGroupSchedulingStrategy)
 
-MAX_RESTARTS = 3
-
-
 def pool_size(scenario: dict, num_cpus_available: float) -> int:
     """hosts.actors, or as many actors as the cluster's CPUs hold (at most one per participant)."""
     hosts = scenario["hosts"]
@@ -39,8 +36,10 @@ def host_resources(scenario: dict, cluster_gpus: float, log=None) -> dict:
             log(f"hosts.num_gpus={num_gpus} but the cluster has no GPU: participants run on CPU "
                 f"(num_gpus set to 0)")
         num_gpus = 0
+    # Ray restarts a dead host without limit; the executor re-sends the lost calls itself
+    # (bounded per participant: actors/pool.py MAX_RETRIES), naming the state versions they start from.
     options = {"num_cpus": hosts["num_cpus"], "num_gpus": num_gpus,
-               "max_restarts": MAX_RESTARTS, "max_task_retries": 0}
+               "max_restarts": -1, "max_task_retries": 0}
     if hosts["memory_mb"]:
         options["memory"] = int(hosts["memory_mb"] * 2**20)
     return options

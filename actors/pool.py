@@ -4,29 +4,50 @@ Where the actors go and how many there are is the run's placement (actors/placem
 Participants stick to one actor for the whole run (assigned round-robin by id), so their
 private state never moves. The round's shared state is put in the object store once and its
 reference passed to every call; ray.wait with the round timeout is a wall-clock safety net
-only (simulated time decides who is late, in fedgrow_ray.rounds). Ray restarts an actor that
-dies (max_restarts); the new one restores its participants from their last checkpoint.
+only (simulated time decides who is late, in fedgrow_ray.rounds).
+
+Infrastructure faults change nothing: Ray restarts an actor that dies (max_restarts=-1), and
+the calls the dead one had not answered are sent again, to the restarted actor, which loads
+the participants' state versions each call names (fedgrow_ray.participant), so the re-run
+gives the very answer the lost one would have. One participant's work is sent at most
+MAX_RETRIES more times in a call (a host that dies each time it runs it: the participant then
+counts as failed, with the reason in events.log). Work still out at hosts.round_timeout_s is
+cancelled (ray.cancel: a queued call never runs, a running one stops at its next training
+step), and its participants go on from their state before the round.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from .participant import ParticipantActor
 
+MAX_RETRIES = 3  # re-sends of one participant's work, within one round, after its host died
+
+
+@dataclass
+class Call:
+    """One call to a host, and how to send it again."""
+    index: int
+    pids: list[int]
+    send: Callable[[], "ray.ObjectRef"]
+    attempt: int = 0
+
 
 class RayExecutor:
-    def __init__(self, scenario: dict, cache_dir: str, state_dir: str, log, run_id: str, placement,
+    def __init__(self, scenario: dict, cache_dir: str, state_location: str, log, run_id: str, placement,
                  start_timeout_s: float = 300.0):
         self.scenario, self.log = scenario, log
         self.timeout_s = scenario["hosts"]["round_timeout_s"]
         hosts = placement.hosts(scenario, log)
         size = len(hosts)
         self.actors = [ParticipantActor.options(name=f"fedgrow-host-{run_id}-{i}", **options).remote(
-                           scenario, cache_dir, state_dir, i, options["num_gpus"] > 0)
+                           scenario, cache_dir, state_location, i, options["num_gpus"] > 0)
                        for i, options in enumerate(hosts)]
         try:
             self.info = ray.get([a.info.remote() for a in self.actors], timeout=start_timeout_s)
@@ -36,11 +57,12 @@ class RayExecutor:
                 f"the cluster offers {ray.cluster_resources()}. Lower hosts.actors, hosts.num_cpus or "
                 f"hosts.memory_mb.") from None
         log(f"{size} participant hosts started: " + ", ".join(
-            f"#{i['index']} node {i['node_id'][:8]} {i['device']}" for i in self.info))
+            f"#{i['index']} node {i['node_id'][:8]} process {i['pid']} {i['device']}" for i in self.info))
         self.used_nodes: set[str] = set()
         self.held: dict[int, set[int]] = {i: set() for i in range(size)}
         self.killed: set[int] = set()    # by fault injection
-        self.restarting: set[int] = set()
+        self.restarts = 0                # hosts seen back after dying (their work was sent again)
+        self.down: dict[int, dict] = {}  # host -> the calls waiting for it to come back
         self.last_memory: dict[int, dict] = {i: info["memory"] for i, info in enumerate(self.info)}
 
     @property
@@ -62,6 +84,8 @@ class RayExecutor:
             cause = "likely out of memory"
         elif "ray.kill" in text or "killed" in text.lower() or "restarted" in text.lower():
             cause = "killed (ray.kill, or its process ended)"
+        elif "unavailable" in text.lower():
+            cause = "it stopped answering (its process ended, or its node was lost)"
         else:
             cause = "crashed"
         held = sorted(self.held[index])
@@ -69,95 +93,148 @@ class RayExecutor:
         return (f"host #{index} (node {self.info[index]['node_id'][:8]}, process {self.info[index]['pid']}) "
                 f"died: {cause}. It held participants {held[:20]}{' ...' if len(held) > 20 else ''}; "
                 f"its last measured memory was {memory.get('rss_mb', 0):.0f} MiB of {budget_text}. "
-                f"Ray restarts it; its participants return from their last checkpoint. "
-                f"Ray said: {text.splitlines()[0] if text else type(err).__name__}")
+                f"Ray restarts it; its unanswered work is sent again, from the participants' stored "
+                f"state. Ray said: {text.splitlines()[0] if text else type(err).__name__}")
 
-    def _gather(self, calls: dict, on_done=None) -> tuple[list[dict], dict[int, str]]:
-        """Wait for one call per participant; a dead host or a timeout is a failure, counted."""
-        results, failures, reported = [], {}, set()
-        pending = list(calls)
+    def _went_down(self, index: int, err: Exception) -> None:
+        """A host's call failed because the host is gone: report it once, and probe it until
+        Ray has it back."""
+        if index not in self.down:
+            self.down[index] = {"waiting": [], "probe": None, "next_probe": 0.0}
+            self.log(self._death(index, err))
+            self.killed.discard(index)
+
+    def _came_back(self, index: int, info: dict) -> list[Call]:
+        """The host answers again: count the restart, and return the calls it must redo."""
+        if info["pid"] != self.info[index]["pid"]:
+            self.restarts += 1
+        self.info[index] = info
+        self.log(f"host #{index} restarted (node {info['node_id'][:8]}, process {info['pid']}); its "
+                 f"unanswered work is sent again")
+        return self.down.pop(index)["waiting"]
+
+    def _gather(self, calls: list[Call], on_done=None, after_sending=None) -> tuple[list[dict], dict[int, str]]:
+        """Send the calls and wait for their answers. A call whose host died waits until Ray
+        has restarted the host (probed with `info`), then is sent again, at most MAX_RETRIES
+        times; calls still out at the round timeout are cancelled. What never answered is a
+        failure, with the reason."""
+        results, failures = [], {}
+        pending: dict = {}        # call ref -> Call
+        probes: dict = {}         # probe ref -> host index
+        for down in self.down.values():  # probes of an earlier call are not waited for here
+            down["probe"] = None
+
+        def send(call: Call) -> None:
+            if call.index in self.down:
+                self.down[call.index]["waiting"].append(call)
+            else:
+                pending[call.send()] = call
+
+        for call in calls:
+            send(call)
+        if after_sending:
+            after_sending()
         deadline = time.monotonic() + self.timeout_s
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        while pending or self.down and any(d["waiting"] for d in self.down.values()):
+            now = time.monotonic()
+            for index, down in self.down.items():
+                if down["waiting"] and down["probe"] is None and now >= down["next_probe"]:
+                    down["probe"] = self.actors[index].info.remote()
+                    probes[down["probe"]] = index
+            waits = [d["next_probe"] for d in self.down.values() if d["waiting"] and d["probe"] is None]
+            until = min([deadline] + waits)
+            if not pending and not probes:  # only calls waiting for a host to come back
+                time.sleep(max(0.0, until - time.monotonic()))
+                done = []
+            else:
+                done, _ = ray.wait(list(pending) + list(probes), num_returns=1,
+                                   timeout=max(0.0, until - time.monotonic()))
             if not done:
-                for ref in pending:
-                    failures.update({pid: f"no answer within hosts.round_timeout_s={self.timeout_s:.0f} s"
-                                     for pid in calls[ref][1]})
+                if time.monotonic() < deadline:
+                    continue  # time for a probe
+                for ref, call in pending.items():
+                    ray.cancel(ref)
+                    failures.update({pid: f"no answer within hosts.round_timeout_s={self.timeout_s:g} s "
+                                          f"(host #{call.index}); its work was cancelled and it goes on "
+                                          f"from its state before the round" for pid in call.pids})
+                for index, down in self.down.items():
+                    for call in down["waiting"]:
+                        failures.update({pid: f"host #{index} did not come back within hosts.round_timeout_s="
+                                              f"{self.timeout_s:g} s" for pid in call.pids})
+                    down["waiting"] = []
                 break
-            index, pids = calls[done[0]]
+            ref = done[0]
+            if ref in probes:
+                index = probes.pop(ref)
+                self.down[index]["probe"] = None
+                try:
+                    info = ray.get(ref)
+                except RayActorError:
+                    self.down[index]["next_probe"] = time.monotonic() + 0.5
+                    continue
+                for call in self._came_back(index, info):
+                    send(call)
+                continue
+            call = pending.pop(ref)
             try:
-                answer = ray.get(done[0])
-                results += answer
-                self.used_nodes.add(self.info[index]["node_id"])
-                self.last_memory[index] = answer[-1].get("host_memory") or self.last_memory[index]
+                answer = ray.get(ref)
             except RayActorError as err:
-                failures.update({pid: f"host #{index} died" for pid in pids})
-                self.restarting.add(index)
-                if index not in reported:
-                    reported.add(index)
-                    self.log(self._death(index, err))
+                self._went_down(call.index, err)
+                if call.attempt < MAX_RETRIES:
+                    call.attempt += 1
+                    send(call)
+                else:
+                    failures.update({pid: f"host #{call.index} died each of the {call.attempt + 1} times "
+                                          f"it ran this work (MAX_RETRIES={MAX_RETRIES} in actors/pool.py); "
+                                          f"last: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                                     for pid in call.pids})
+                continue
             except RayTaskError as err:
-                failures.update({pid: f"error on host #{index}: {err.cause!r}" for pid in pids})
+                failures.update({pid: f"error on host #{call.index}: {err.cause!r}" for pid in call.pids})
+                continue
+            results += answer
+            self.used_nodes.add(self.info[call.index]["node_id"])
+            if answer:
+                self.last_memory[call.index] = answer[-1].get("host_memory") or self.last_memory[call.index]
             if on_done:
                 on_done(len(results))
         return results, failures
 
-    def _await_restarts(self) -> None:
-        """Before sending more work: wait until Ray has restarted the hosts that died."""
-        for index in sorted(self.restarting):
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                try:
-                    self.info[index] = ray.get(self.actors[index].info.remote(), timeout=self.timeout_s)
-                    self.log(f"host #{index} restarted (process {self.info[index]['pid']})")
-                    break
-                except (RayActorError, GetTimeoutError) as err:
-                    if time.monotonic() > deadline or "restart" not in str(err).lower():
-                        self.log(f"host #{index} did not come back: {str(err).splitlines()[0]}")
-                        break
-                    time.sleep(0.5)
-        self.restarting.clear()
-        self.killed.clear()
-
-    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=()):
-        self._await_restarts()
+    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
+              expected=None):
         shared_ref = [ray.put(shared)] if shared is not None else [None]
-        calls = {}
+        calls = []
         for pid in pids:  # one call per participant: progress per participant, sticky hosts
             index = self.host_of(pid)
             self.held[index].add(pid)
-            calls[self.actors[index].train.remote(method, round_number, [pid], shared_ref, sleep_s)] = (index, [pid])
-        for index in kill_hosts:  # fault injection: the host dies while the round runs
+            mine = None if expected is None else {pid: expected[pid]}
+            calls.append(Call(index, [pid], lambda a=self.actors[index], p=pid, e=mine:
+                              a.train.remote(method, round_number, [p], shared_ref, sleep_s, e)))
+        # Fault injection: the hosts die while the round runs, right after the work is sent.
+        return self._gather(calls, on_done, (lambda: self._kill(kill_hosts)) if kill_hosts else None)
+
+    def _kill(self, kill_hosts) -> None:
+        for index in kill_hosts:
             if index < len(self.actors):
                 self.killed.add(index)
                 ray.kill(self.actors[index], no_restart=False)
-        return self._gather(calls, on_done)
 
-    def evaluate(self, method, pids, shared, final, subject=None):
-        self._await_restarts()
+    def evaluate(self, method, pids, shared, final, subject=None, expected=None):
         shared_ref = [ray.put(shared)] if shared is not None else [None]
         if subject is not None:  # one model (the centralized trainer's) on every test split
             index = self.host_of(subject)
-            return self._gather({self.actors[index].evaluate.remote(
-                method, pids, shared_ref, final, subject): (index, list(pids))})
-        calls = {self.actors[self.host_of(pid)].evaluate.remote(method, [pid], shared_ref, final):
-                 (self.host_of(pid), [pid]) for pid in pids}
+            return self._gather([Call(index, list(pids), lambda a=self.actors[index]: a.evaluate.remote(
+                method, pids, shared_ref, final, subject, expected))])
+        calls = [Call(self.host_of(pid), [pid], lambda a=self.actors[self.host_of(pid)], p=pid: a.evaluate.remote(
+                     method, [p], shared_ref, final, None, None if expected is None else {p: expected[p]}))
+                 for pid in pids]
         return self._gather(calls)
 
-    def _each_host(self, call: str, *args) -> list:
-        self._await_restarts()
-        refs = [getattr(actor, call).remote(*args) for actor in self.actors]
-        answers = []
+    def release(self, method):
+        refs = [actor.release.remote(method) for actor in self.actors]
         for index, ref in enumerate(refs):
             try:
-                answers.append(ray.get(ref, timeout=self.timeout_s))
+                ray.get(ref, timeout=self.timeout_s)
             except (RayActorError, GetTimeoutError) as err:
-                self.log(f"host #{index} could not {call}: {type(err).__name__}: {str(err).splitlines()[0]}")
-                answers.append(None)
-        return answers
-
-    def checkpoint(self, tick):
-        self._each_host("checkpoint", tick)
-
-    def release(self, method):
-        self._each_host("release", method)
+                self.log(f"host #{index} could not release {method}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}")

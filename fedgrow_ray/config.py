@@ -161,6 +161,19 @@ def variants():
     return check
 
 
+def location():
+    """A storage location: null, an absolute path, or a URI that pyarrow.fs opens
+    (file:///..., s3://..., gs://..., hdfs://...)."""
+    def check(key, value):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not (value.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*://.", value)):
+            _fail(key, value, "expected null, an absolute path or a URI such as file:///shared/state "
+                              "or s3://bucket/prefix (every node must reach it)")
+        return value
+    return check
+
+
 def list_of(item, min_length=1, unique=False):
     def check(key, value):
         if not isinstance(value, list) or len(value) < min_length:
@@ -291,6 +304,8 @@ SCHEMA = {
         "placement": (choice(("spread", "pack")), "spread"),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
+        # where participants' private state lives (see fedgrow_ray.participant.state_location)
+        "state_uri": (location(), None),
     },
     "faults": {
         "kill_host": (list_of(mapping({"host": (integer(0), None), "round": (integer(1), None),

@@ -3,8 +3,9 @@
     config.yaml     the fully resolved scenario
     status.json     running / completed / failed (with the error)
     checkpoint.pt   the driver's state at its last checkpoint (shared state, round, totals)
-    participant_state/  participants' private state, written by their hosts on their own
-                    nodes (spill files and checkpoints), never by the driver
+    participant_state/  participants' private state (versions named by the driver's checkpoint,
+                    and spill files), written by their hosts, never by the driver; elsewhere
+                    with hosts.state_uri
     metrics.jsonl   one JSON object per round per method, appended as rounds finish
     events.log      notices: exclusions, failures, rejected updates, empty rounds
     summary.json    per-method results (written when the run completes)
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -48,6 +50,9 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._rows: int | None = None
+        # Names this run's folder under hosts.state_uri; kept by the checkpoints, so that a
+        # resumed run finds the same participant state.
+        self.state_id = uuid.uuid4().hex[:12]
 
     @property
     def state_dir(self) -> Path:
@@ -93,10 +98,14 @@ class RunFolder:
         """The driver's state after a round, with how many metrics rows it covers."""
         if self._rows is None:
             self._rows = len(self.metrics())
-        state = {**state, "metrics_rows": self._rows, "scenario_sha256": self.scenario_sha256()}
+        state = {**state, "metrics_rows": self._rows, "scenario_sha256": self.scenario_sha256(),
+                 "state_id": self.state_id}
         tmp = self.path / f".{self.CHECKPOINT}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.path / self.CHECKPOINT)
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / self.CHECKPOINT).is_file()
 
     def load_checkpoint(self) -> dict:
         path = self.path / self.CHECKPOINT
@@ -113,12 +122,17 @@ class RunFolder:
         if state["scenario_sha256"] != self.scenario_sha256():
             raise ResumeError(f"{path} was written for a different scenario: {self.path / 'config.yaml'} "
                               f"has changed since; restore it or start a new run")
+        if "versions" not in state:  # participant state before it was versioned (issue 11)
+            raise ResumeError(f"{path} was written by an older fedgrow-ray whose participant state "
+                              f"this one cannot read; start a new run")
+        self.state_id = state["state_id"]
         return state
 
     @classmethod
-    def for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict]:
-        """Open a run folder to continue it: (folder, scenario as written, checkpoint). The
-        metrics after the checkpoint are dropped (those rounds run again)."""
+    def for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict | None]:
+        """Open a run folder to continue it: (folder, scenario as written, checkpoint, or None
+        when the run stopped before its first checkpoint: it starts again from the beginning).
+        The metrics after the checkpoint are dropped (those rounds run again)."""
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise ResumeError(f"--resume {str(path)!r} is not a run folder (no config.yaml)")
@@ -131,8 +145,8 @@ class RunFolder:
             scenario = yaml.safe_load((path / "config.yaml").read_text())
         except yaml.YAMLError as err:
             raise ResumeError(f"{path / 'config.yaml'} is not valid YAML: {err}") from None
-        state = folder.load_checkpoint()
-        rows = folder.metrics()[:state["metrics_rows"]]
+        state = folder.load_checkpoint() if folder.has_checkpoint() else None
+        rows = folder.metrics()[:state["metrics_rows"]] if state else []
         atomic_write(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         folder._rows = len(rows)
         return folder, scenario, state

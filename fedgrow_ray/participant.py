@@ -3,10 +3,20 @@ each method's private state (Local-LiGO, optimiser, ...). A `ParticipantHost` ke
 participants in one process and runs the work the driver asks of them; only shared-state
 updates (Global-LiGO for Fed-Grow), sample counts and metrics ever leave it.
 
-Participants are created on first use. A host keeps at most `hosts.max_resident` of them in
-memory and spills the least recently used to its own disk, reloading them exactly when they
-are needed again; at the driver's checkpoints it writes every participant that changed since
-the last one (versioned by tick), so a restarted host, or a resumed run, restores them.
+Participants are created on first use. Each unit of work that changes a participant (a round's
+training, the end-of-run step) ends by writing its state, under the name of that work (its
+*version*, `state_version`), to the run's state location (`StateStore`: a local folder, a
+shared mount, s3://, gs://), before the result is returned. The driver keeps, for every
+participant, the version of its last work it accepted, and sends it with each call: a host
+holding that version in memory goes on from it; any other host (restarted after a crash, on
+another node, in a resumed run) or a host whose copy is newer (work the driver wrote off, e.g.
+after a timeout) loads exactly that version. So a lost host changes nothing: its participants
+continue from the state the driver knows, and re-running lost work gives the same result. A
+version that cannot be found is reported (`state: lost`), never silently replaced.
+
+A host keeps at most `hosts.max_resident` participants in memory; the least recently used are
+evicted (their state is on the store already; one never trained is spilled to a local,
+process-private folder) and read back when needed.
 
 On a GPU host a participant's state waits in CPU memory and is on the GPU only while it works:
 GPU memory holds one participant at a time, however many the host keeps, and the caching
@@ -16,22 +26,46 @@ out-of-memory. The peak GPU memory of each participant's work is measured and re
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
 from .experiment import Experiment
 from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
-from .training import batch_stream, derive_seed, make_optimiser, predict, train_steps
+from .training import Cancelled, batch_stream, derive_seed, make_optimiser, predict, train_steps
+
+# `expected` version of a participant the caller does not know (a host used on its own, as in
+# tests and benchmarks): whatever the host holds.
+UNKNOWN = "?"
+
+
+def state_location(state_uri: str | None, run_dir: str | Path, state_id: str) -> str:
+    """Where a run's participant state lives: by default the run folder's participant_state/
+    (each node's own disk, unless the run folder is on shared storage); with hosts.state_uri
+    (a local path or a pyarrow.fs URI every node reaches), <state_uri>/<run folder name>-<state
+    id>, one folder per run."""
+    if not state_uri:
+        return str(Path(run_dir).resolve() / "participant_state")
+    return f"{state_uri.rstrip('/')}/{Path(run_dir).resolve().name}-{state_id}"
+
+
+def state_version(method: str, round_number: int | None = None) -> str:
+    """The name of a participant's private state after `method`'s round `round_number`, or
+    after its end-of-run step (None)."""
+    return f"{method}.r{round_number}" if round_number is not None else f"{method}.final"
 
 
 def _scores(labels_predictions) -> dict:
@@ -52,6 +86,8 @@ class Participant:
         self.data = experiment.participant_data(pid)
         self.method_state: dict[str, object] = {}
         self._small_model = None
+        self.version: str | None = None  # the work its state is the result of (None: none yet)
+        self.should_stop = lambda: False  # asked between training steps (see training.Cancelled)
 
     def generator(self, *purpose) -> torch.Generator:
         """This participant's own random stream for one purpose (and round)."""
@@ -86,7 +122,7 @@ class Participant:
                     batches = batch_stream(self.data.train, exp.training["batch_size"],
                                            self.generator("pretrain"))
                     train_steps(lambda b: model(**b).loss, optimiser, batches, steps, self.device,
-                                exp.training["max_grad_norm"])
+                                exp.training["max_grad_norm"], self.should_stop)
             self._small_model = model.eval().requires_grad_(False)
         return self._small_model
 
@@ -126,132 +162,187 @@ class Participant:
 
 
 class StateStore:
-    """A host's participant files on its own node's disk.
+    """A host's participant files.
 
-    spill/host<index>-<process id>/p<id>.pt   state evicted from memory; belongs to this process
-                                              only (a restarted host starts without it)
-    checkpoints/p<id>-t<tick>.pt              state at a driver checkpoint (the two newest kept);
-                                              the newest is what a restarted host or a resumed
-                                              run loads, after a resume has discarded versions
-                                              newer than the driver's checkpoint
+    <location>/p<id>.<version>.pt    a participant's state after the work its version names,
+                                     written through pyarrow.fs (a local folder, a shared
+                                     mount, s3://, gs://, ...) to a temporary name, then moved
+                                     into place, so a file is whole or absent
+    spill/host<index>-<process id>/p<id>.pt   local disk (<location>/spill on a local
+                                     location, the temp dir otherwise): a participant never
+                                     trained yet, evicted from memory; this process's only
+
+    A participant keeps at most three versions: the one just written, the one it was written
+    from (needed again if the driver writes that work off) and the one the driver's last
+    checkpoint names (needed by --resume). pyarrow.fs rather than hand-written cloud clients:
+    one API for every storage a cluster may share.
     """
 
-    _CHECKPOINT = re.compile(r"^p(\d+)-t(\d+)\.pt$")
+    _VERSION = re.compile(r"^p(-?\d+)\.(.+)\.pt$")
 
-    def __init__(self, root: Path, host_index: int):
-        self.root = Path(root)
-        spill_root = self.root / "spill"
+    def __init__(self, location: str, host_index: int):
+        self.location = str(location)
+        if "://" in self.location:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.location)
+        self.fs.create_dir(self.root, recursive=True)
+        self._tmp_tag = f".tmp-h{host_index}-"
+        self.versions: dict[int, set[str]] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            found = self._VERSION.match(info.base_name)
+            if self._tmp_tag in info.base_name:  # half-written by a dead incarnation of this host
+                self.fs.delete_file(info.path)
+            elif found:
+                self.versions.setdefault(int(found.group(1)), set()).add(found.group(2))
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            spill_root = Path(self.root) / "spill"
+        else:
+            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
+            spill_root = Path(tempfile.gettempdir()) / "fedgrow-spill" / digest
         for stale in spill_root.glob(f"host{host_index}-*"):  # left by a dead incarnation
             shutil.rmtree(stale, ignore_errors=True)
         self.spill_dir = spill_root / f"host{host_index}-{os.getpid()}"
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir = self.root / "checkpoints"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.versions: dict[int, list[int]] = {}
-        for pid, tick, _ in self.checkpoint_files(self.root):
-            self.versions.setdefault(pid, []).append(tick)
 
-    @classmethod
-    def checkpoint_files(cls, root: Path):
-        folder = Path(root) / "checkpoints"
-        for path in (folder.iterdir() if folder.is_dir() else []):
-            found = cls._CHECKPOINT.match(path.name)
-            if found:
-                yield int(found.group(1)), int(found.group(2)), path
+    def _path(self, pid: int, version: str) -> str:
+        return f"{self.root}/p{pid}.{version}.pt"
 
-    @classmethod
-    def discard_after(cls, root: Path, tick: int) -> int:
-        """Before a resume from the driver's checkpoint at `tick`: remove participant files a
-        failed run wrote later (they do not match the driver's state). Returns how many."""
-        stale = [path for _, t, path in cls.checkpoint_files(root) if t > tick]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
+    def write(self, pid: int, version: str, saved: dict, keep=()) -> None:
+        """Store `saved` as `pid`'s `version`; remove its other versions except those in `keep`."""
+        path = self._path(pid, version)
+        tmp = f"{self.root}/.p{pid}.{version}.pt{self._tmp_tag}{os.getpid()}"
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        with self.fs.open_output_stream(tmp) as stream:
+            stream.write(buffer.getbuffer())
+        self.fs.move(tmp, path)
+        versions = self.versions.setdefault(pid, set())
+        versions.add(version)
+        for old in versions - {version, *keep}:
+            try:
+                self.fs.delete_file(self._path(pid, old))
+            except FileNotFoundError:
+                pass
+            versions.discard(old)
 
-    @staticmethod
-    def _write(path: Path, saved: dict) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(saved, tmp)
-        os.replace(tmp, path)
-
-    @staticmethod
-    def _read(path: Path) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    def read(self, pid: int, version: str) -> tuple[dict | None, str]:
+        """(`pid`'s state at `version`, "") or (None, why not)."""
+        path = self._path(pid, version)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None, f"{path} does not exist"
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                data = stream.read()
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), ""
+        except Exception as err:  # noqa: BLE001 - an unreadable file is reported, like a missing one
+            return None, f"{path} is unreadable ({type(err).__name__}: {err})"
 
     def spill(self, pid: int, saved: dict) -> None:
-        self._write(self.spill_dir / f"p{pid}.pt", saved)
+        tmp, path = self.spill_dir / f".p{pid}.pt.tmp", self.spill_dir / f"p{pid}.pt"
+        torch.save(saved, tmp)
+        os.replace(tmp, path)
 
     def unspill(self, pid: int) -> dict | None:
         path = self.spill_dir / f"p{pid}.pt"
         if not path.exists():
             return None
-        saved = self._read(path)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         path.unlink()
         return saved
-
-    def checkpoint(self, pid: int, tick: int, saved: dict | None) -> None:
-        """Write a participant's state (`saved`, or its spill file when None) for `tick`."""
-        path = self.checkpoint_dir / f"p{pid}-t{tick}.pt"
-        if saved is None:
-            tmp = path.with_name(f".{path.name}.tmp")
-            shutil.copyfile(self.spill_dir / f"p{pid}.pt", tmp)
-            os.replace(tmp, path)
-        else:
-            self._write(path, saved)
-        versions = self.versions.setdefault(pid, [])
-        versions.append(tick)
-        # Keep the previous version too: until the driver commits its checkpoint for `tick`, a
-        # resume goes back to the driver's previous checkpoint, which needs that version.
-        for old in sorted(versions)[:-2]:
-            (self.checkpoint_dir / f"p{pid}-t{old}.pt").unlink(missing_ok=True)
-            versions.remove(old)
-
-    def restore(self, pid: int) -> dict | None:
-        versions = self.versions.get(pid)
-        return self._read(self.checkpoint_dir / f"p{pid}-t{max(versions)}.pt") if versions else None
 
 
 class ParticipantHost:
     """Hosts many participants of one experiment in one process (a Ray actor, or the plain
-    in-process executor)."""
+    in-process executor). `state_dir` is the run's state location (a local folder or a
+    pyarrow.fs URI; None: nothing is written, nothing evicted); `should_stop` is asked between
+    training steps and cancels the work in progress when it says so."""
 
     def __init__(self, scenario: dict, data_path: str, device: str = "cpu",
-                 state_dir: str | None = None, index: int = 0):
+                 state_dir: str | None = None, index: int = 0, should_stop=None):
         # As many compute threads as the host's CPU share, in every executor: float results
         # depend on the thread count, and must not depend on where a participant is hosted.
         torch.set_num_threads(max(1, int(scenario["hosts"]["num_cpus"])))
         self.experiment = Experiment(scenario, data_path)
         self.device = torch.device(device)
-        self.store = StateStore(Path(state_dir), index) if state_dir else None
+        self.store = StateStore(state_dir, index) if state_dir else None
         self.max_resident = scenario["hosts"]["max_resident"] if self.store else None
+        self.should_stop = should_stop or (lambda: False)
         self.participants: OrderedDict[int, Participant] = OrderedDict()  # resident, LRU first
+        self.evicted: dict[int, str | None] = {}  # by this process: their version (None: spilled)
         self.methods: dict[str, Method] = {}
-        self.dirty: set[int] = set()  # changed since their last checkpoint
-        self.restored: set[int] = set()  # loaded from a checkpoint, not yet reported
-        self.stats = {"spilled": 0, "reloaded": 0, "restored": 0}
+        self.stats = {"spilled": 0, "reloaded": 0, "restored": 0, "lost": 0}
 
     def participant(self, pid: int) -> Participant:
-        if pid in self.participants:
-            self.participants.move_to_end(pid)
-            return self.participants[pid]
+        return self._take(pid)[0]
+
+    def _take(self, pid: int, expected: str | None = UNKNOWN) -> tuple[Participant, dict]:
+        """The participant with its state at version `expected`, and where that state came
+        from: {"state": resident | reloaded (evicted earlier by this host) | restored (from
+        the store, written by another process) | new (nothing to restore) | lost (a version was
+        expected and is not there: built from scratch; "lost" says why)}."""
+        resident = self.participants.get(pid)
+        if resident is not None:
+            if expected == UNKNOWN or resident.version == expected:
+                self.participants.move_to_end(pid)
+                return resident, {"state": "resident"}
+            del self.participants[pid]  # it holds work the driver wrote off: roll it back
+        if expected == UNKNOWN:
+            expected = self.evicted.get(pid)
         participant = Participant(self.experiment, pid, "cpu")  # moved to the host's device to work
-        if self.store is not None:
-            saved = self.store.unspill(pid)
-            if saved is not None:
-                self.stats["reloaded"] += 1
+        participant.should_stop = self.should_stop
+        origin, saved = {"state": "new"}, None
+        if expected is None:
+            if pid in self.evicted and self.evicted[pid] is None:  # spilled by this host
+                saved = self.store.unspill(pid)
+                origin = {"state": "reloaded"}
+        elif self.store is None:
+            origin = {"state": "lost", "lost": f"version {expected!r} expected, but this host keeps no state"}
+        else:
+            saved, why = self.store.read(pid, expected)
+            if saved is None:
+                origin = {"state": "lost", "lost": f"version {expected!r}: {why}"}
             else:
-                saved = self.store.restore(pid)
-                if saved is not None:
-                    self.stats["restored"] += 1
-                    self.restored.add(pid)
-            if saved is not None:
-                participant.load_state_dict(saved, self.methods)
+                origin = {"state": "reloaded" if self.evicted.get(pid) == expected else "restored"}
+        if saved is not None:
+            participant.load_state_dict(saved, self.methods)
+            participant.version = expected
+        if origin["state"] in self.stats:
+            self.stats[origin["state"]] += 1
+        self.evicted.pop(pid, None)
         self.participants[pid] = participant
         while self.max_resident is not None and len(self.participants) > self.max_resident:
             old_pid, old = self.participants.popitem(last=False)
-            self.store.spill(old_pid, old.state_dict(self.methods))
+            if old.version is None:  # never trained: its state is on no store yet
+                self.store.spill(old_pid, old.state_dict(self.methods))
+            self.evicted[old_pid] = old.version
             self.stats["spilled"] += 1
-        return participant
+        return participant, origin
+
+    def _persist(self, participant: Participant, version: str, *keep) -> None:
+        """Write through: the participant's state becomes `version`, on the store before the
+        result leaves the host."""
+        previous, participant.version = participant.version, version
+        if self.store is not None:
+            self.store.write(participant.id, version, participant.state_dict(self.methods),
+                             keep=(previous, *keep))
+
+    @contextmanager
+    def _rolled_back_on_failure(self, pid: int):
+        """Work that does not finish (cancelled, crashed) leaves no half-changed participant:
+        its next use starts again from a stored version."""
+        try:
+            yield
+        except BaseException:
+            self.participants.pop(pid, None)
+            raise
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.should_stop():
+                raise Cancelled
+            time.sleep(min(left, 0.1))
 
     @contextmanager
     def working(self, participant: Participant):
@@ -276,34 +367,39 @@ class ParticipantHost:
         if method.name not in participant.method_state:
             participant.seed_torch(method.stream, "setup")
             participant.method_state[method.name] = method.setup(participant)
-            self.dirty.add(participant.id)
         return participant.method_state[method.name]
 
     def train(self, method_name: str, round_number: int, pids: list[int], shared: dict | None,
-              sleep_s: dict[int, float] | None = None) -> list[dict]:
-        """Run each participant's local training for this round, one after another. Returns,
-        per participant: its id, its update (shared tensors only), sample count, mean training
-        loss and measured wall time."""
+              sleep_s: dict[int, float] | None = None,
+              expected: dict[int, tuple[str | None, str | None]] | None = None) -> list[dict]:
+        """Run each participant's local training for this round, one after another. `expected`
+        gives, per participant, the version of its state to start from and the version the
+        driver's last checkpoint names (kept on the store); without it, whatever the host holds.
+        Returns, per participant: its id, its update (shared tensors only), sample count, mean
+        training loss, measured wall time, the version its state now is and where the state it
+        started from came from (see _take)."""
         method = self.method(method_name)
+        version = state_version(method_name, round_number)
         results = []
         for pid in pids:
             start, before = time.perf_counter(), dict(self.stats)
-            participant = self.participant(pid)
-            with self.working(participant):
-                state = self._state(method, participant)
-                participant.seed_torch(method.stream, "round", round_number)
-                update, loss = method.train(participant, state, shared, round_number)
-                if update is not None:  # what leaves the host is always in CPU memory
-                    update = {name: tensor.cpu() for name, tensor in update.items()}
-            self.dirty.add(pid)
-            if sleep_s and sleep_s.get(pid):
-                time.sleep(sleep_s[pid])
+            base, checkpointed = expected[pid] if expected else (UNKNOWN, None)
+            participant, origin = self._take(pid, base)
+            with self._rolled_back_on_failure(pid):
+                with self.working(participant):
+                    state = self._state(method, participant)
+                    participant.seed_torch(method.stream, "round", round_number)
+                    update, loss = method.train(participant, state, shared, round_number)
+                    if update is not None:  # what leaves the host is always in CPU memory
+                        update = {name: tensor.cpu() for name, tensor in update.items()}
+                self._persist(participant, version, checkpointed)
+                if sleep_s and sleep_s.get(pid):
+                    self._sleep(sleep_s[pid])
             results.append({"id": pid, "update": update, "samples": participant.num_samples(),
                             "train_loss": loss, "wall_s": time.perf_counter() - start,
-                            "host_memory": self.memory(), "restored": pid in self.restored,
-                            "resident": len(self.participants),
+                            "host_memory": self.memory(), "resident": len(self.participants),
+                            "version": version, **origin,
                             **{key: self.stats[key] - before[key] for key in ("spilled", "reloaded")}})
-            self.restored.discard(pid)
         return results
 
     def memory(self) -> dict:
@@ -317,66 +413,73 @@ class ParticipantHost:
         return memory
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
-                 final: bool = False, subject: int | None = None) -> list[dict]:
+                 final: bool = False, subject: int | None = None,
+                 expected: dict[int, tuple[str | None, str | None]] | None = None) -> list[dict]:
         """Each participant's accuracy and macro precision on its own test split with the
         current shared state and its own model (and, with eval.global, the same model's accuracy
         on the shared global test set); `final` first applies the method's end-of-run step (e.g.
-        local fine-tuning of the grown model), once per model. With `subject` (the pooled
-        trainer of `centralized`), that one model is scored on the global test set, and on each
-        participant's split after a personal fine-tune of a copy (Method.personal_model)."""
+        local fine-tuning of the grown model), once per model, and stores the result as the
+        participant's `state_version(method)`. With `subject` (the pooled trainer of
+        `centralized`), that one model is scored on the global test set, and on each
+        participant's split after a personal fine-tune of a copy (Method.personal_model).
+        `expected` as for train (for the subject alone when there is one)."""
         method = self.method(method_name)
         batch_size = self.experiment.scenario["eval"]["batch_size"]
         if subject is not None:
-            return self._evaluate_pooled(method, pids, shared, final, subject, batch_size)
+            return self._evaluate_pooled(method, pids, shared, final, subject, batch_size, expected)
         global_test = self.experiment.data.global_test if self.experiment.scenario["eval"]["global"] else None
         results = []
         for pid in pids:
-            owner = self.participant(pid)
-            with self.working(owner):
-                state = self._state(method, owner)
-                trainable = method.trainable_params(owner, state)
-                if final:
-                    owner.seed_torch(method.stream, "finish")
-                    state = owner.method_state[method.name] = method.finish(owner, state, shared)
-                    self.dirty.add(owner.id)
-                result = {"id": pid, **_scores(method.predict(owner, state, shared, owner.data.test, batch_size)),
-                          "trainable_params": trainable}
-                if global_test is not None:
-                    labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
-                    result["global_accuracy"] = accuracy(labels, predictions)
-            results.append(result)
+            base, checkpointed = expected[pid] if expected else (UNKNOWN, None)
+            owner, origin = self._take(pid, base)
+            with self._rolled_back_on_failure(pid):
+                with self.working(owner):
+                    trainable = method.trainable_params(owner, self._state(method, owner))
+                    state, finished = self._final_state(method, owner, shared, final)
+                    result = {"id": pid, **_scores(method.predict(owner, state, shared, owner.data.test, batch_size)),
+                              "trainable_params": trainable, **origin}
+                    if global_test is not None:
+                        labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
+                        result["global_accuracy"] = accuracy(labels, predictions)
+                if finished:
+                    self._persist(owner, state_version(method_name), checkpointed)
+            results.append({**result, "version": owner.version})
         return results
 
-    def _evaluate_pooled(self, method, pids, shared, final, subject, batch_size) -> list[dict]:
-        owner = self.participant(subject)
+    def _final_state(self, method: Method, owner: Participant, shared, final: bool):
+        """The participant's state for `method`, after the end-of-run step when `final`; and
+        whether that step changed it."""
+        state = self._state(method, owner)
+        if not final:
+            return state, False
+        owner.seed_torch(method.stream, "finish")
+        finished = method.finish(owner, state, shared)
+        owner.method_state[method.name] = finished
+        return finished, finished is not state
+
+    def _evaluate_pooled(self, method, pids, shared, final, subject, batch_size, expected) -> list[dict]:
+        base, checkpointed = expected[subject] if expected else (UNKNOWN, None)
+        owner, origin = self._take(subject, base)
         results = []
-        with self.working(owner):
-            state = self._state(method, owner)
-            trainable = method.trainable_params(owner, state)
-            if final:
-                owner.seed_torch(method.stream, "finish")
-                state = owner.method_state[method.name] = method.finish(owner, state, shared)
-                self.dirty.add(owner.id)
-            labels, predictions = method.predict(owner, state, shared, owner.data.test, batch_size)
-            global_accuracy = accuracy(labels, predictions)
-            base = method.standalone_model(owner, state, shared)
-            for pid in pids:
-                data = self.experiment.participant_data(pid)
-                model = method.personal_model(owner, base, data.train, pid)
-                scores = _scores(predict(lambda b: model(**b).logits, data.test, batch_size, owner.device))
-                results.append({"id": pid, **scores, "global_accuracy": global_accuracy,
-                                "trainable_params": trainable})
+        with self._rolled_back_on_failure(subject):
+            with self.working(owner):
+                trainable = method.trainable_params(owner, self._state(method, owner))
+                state, finished = self._final_state(method, owner, shared, final)
+                labels, predictions = method.predict(owner, state, shared, owner.data.test, batch_size)
+                global_accuracy = accuracy(labels, predictions)
+                base_model = method.standalone_model(owner, state, shared)
+                for pid in pids:
+                    data = self.experiment.participant_data(pid)
+                    model = method.personal_model(owner, base_model, data.train, pid)
+                    scores = _scores(predict(lambda b: model(**b).logits, data.test, batch_size, owner.device))
+                    results.append({"id": pid, **scores, "global_accuracy": global_accuracy,
+                                    "trainable_params": trainable})
+            if finished:
+                self._persist(owner, state_version(method.name), checkpointed)
+        # The subject's own state: reported once, on the first result.
+        if results:
+            results[0].update({"subject": subject, "subject_version": owner.version, **origin})
         return results
-
-    def checkpoint(self, tick: int) -> int:
-        """Write every participant changed since the last checkpoint; returns how many."""
-        if self.store is None:
-            return 0
-        for pid in sorted(self.dirty):
-            resident = self.participants.get(pid)
-            self.store.checkpoint(pid, tick, resident.state_dict(self.methods) if resident else None)
-        written, self.dirty = len(self.dirty), set()
-        return written
 
     def release(self, method_name: str) -> None:
         """Drop every participant's private state for a finished method."""

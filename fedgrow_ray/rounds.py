@@ -10,7 +10,9 @@ after another; the Ray executor in actors/ on a pool of participant actors. Both
 `ParticipantHost` code, so the results do not depend on which one is used.
 
 Nothing here keeps random state: every draw derives from (seed, participant, round, purpose),
-so a run resumed from a checkpoint continues exactly as if it had never stopped.
+so a run resumed from a checkpoint continues exactly as if it had never stopped. Participants'
+private state is named by versions (`StateVersions`): every call says which version each
+participant starts from, so a host that died, or work that was written off, changes nothing.
 """
 
 from __future__ import annotations
@@ -26,60 +28,82 @@ from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
 from .methods import get_method
 from .metrics import majority_accuracy, state_bytes
-from .participant import ParticipantHost
+from .participant import ParticipantHost, state_location
 from .training import derive_seed
 
-TICKS_PER_METHOD = 100_000  # checkpoint tick = method index * this + round
 
+class StateVersions:
+    """For every participant, the version of its private state (participant.state_version)
+    that the driver has accepted, i.e. the result of its last work whose answer arrived, and
+    the version the driver's last checkpoint names. Work whose answer never arrived (a dead
+    host, a timeout) is not accepted: its participant goes on from its previous version."""
 
-def tick_of(method_index: int, round_number: int) -> int:
-    return method_index * TICKS_PER_METHOD + round_number
+    def __init__(self, current: dict | None = None):
+        self.current: dict[int, str | None] = dict(current or {})
+        self.checkpointed = dict(self.current)
+
+    def expected(self, pids) -> dict[int, tuple[str | None, str | None]]:
+        """What a host is told: per participant, (the version to start from, the version to keep
+        for a resume)."""
+        return {pid: (self.current.get(pid), self.checkpointed.get(pid)) for pid in pids}
+
+    def accept(self, results: list[dict]) -> None:
+        for result in results:
+            if "subject" in result:  # the pooled trainer's own state (centralized)
+                self.current[result["subject"]] = result["subject_version"]
+            elif "version" in result:
+                self.current[result["id"]] = result["version"]
 
 
 class Executor(Protocol):
     nodes_used: int
+    restarts: int  # participant hosts that died and were replaced so far (their work re-run)
 
     def train(self, method: str, round_number: int, pids: list[int], shared: dict | None,
               sleep_s: dict[int, float] | None, on_done: Callable[[int], None] | None,
-              kill_hosts: list[int]) -> tuple[list[dict], dict[int, str]]:
+              kill_hosts: list[int], expected: dict | None) -> tuple[list[dict], dict[int, str]]:
         """Results per participant that finished, and {participant: reason} for failures.
-        `kill_hosts` (fault injection) names hosts that die while the round runs."""
+        `kill_hosts` (fault injection) names hosts that die while the round runs; `expected`
+        is StateVersions.expected for the participants."""
 
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
-                 subject: int | None = None) -> tuple[list[dict], dict[int, str]]:
+                 subject: int | None = None, expected: dict | None = None
+                 ) -> tuple[list[dict], dict[int, str]]:
         """Each participant's test split with its own model, or with `subject`'s."""
-
-    def checkpoint(self, tick: int) -> None: ...
 
     def release(self, method: str) -> None: ...
 
 
 class LocalExecutor:
     """Every participant in this process, one after another: no Ray. The baseline for the
-    simulator's overhead and the easiest place to debug a method."""
+    simulator's overhead and the easiest place to debug a method. A host killed by fault
+    injection is replaced the way Ray replaces an actor: a new ParticipantHost, which loads
+    participants from the state location, redoes the lost work."""
 
     nodes_used = 1
 
     def __init__(self, scenario: dict, data_path: str, device: str = "cpu", state_dir: str | None = None):
         self._host_args = (scenario, data_path, device, state_dir)
         self.host = ParticipantHost(*self._host_args)
+        self.restarts = 0
 
-    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=()):
-        if kill_hosts:  # the only host dies: this round fails, a new one restores from checkpoints
-            self.host = ParticipantHost(*self._host_args)
-            return [], {pid: "host #0 killed by fault injection" for pid in pids}
+    def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
+              expected=None):
         results = []
-        for pid in pids:
-            results += self.host.train(method, round_number, [pid], shared, sleep_s)
+        for position, pid in enumerate(pids):
+            if kill_hosts and position == min(1, len(pids) - 1):
+                # The only host dies with this participant's work under way (after the first
+                # participant's answer is in): what it held in memory is gone.
+                self.host = ParticipantHost(*self._host_args)
+                self.restarts += 1
+            results += self.host.train(method, round_number, [pid], shared, sleep_s,
+                                       None if expected is None else {pid: expected[pid]})
             if on_done:
                 on_done(len(results))
         return results, {}
 
-    def evaluate(self, method, pids, shared, final, subject=None):
-        return self.host.evaluate(method, pids, shared, final, subject), {}
-
-    def checkpoint(self, tick):
-        self.host.checkpoint(tick)
+    def evaluate(self, method, pids, shared, final, subject=None, expected=None):
+        return self.host.evaluate(method, pids, shared, final, subject, expected), {}
 
     def release(self, method):
         self.host.release(method)
@@ -136,8 +160,10 @@ class MethodRun:
 
     def __init__(self, experiment: Experiment, method_name: str, executor: Executor,
                  record: Callable[[dict], None], log: Callable[[str], None],
-                 progress: Callable[[dict], None] | None = None, resume: dict | None = None):
+                 progress: Callable[[dict], None] | None = None, resume: dict | None = None,
+                 versions: StateVersions | None = None):
         self.exp, self.executor = experiment, executor
+        self.versions = versions if versions is not None else StateVersions()
         self.method = get_method(method_name, experiment)
         self.record, self.log = record, log
         self.progress = progress or (lambda event: None)
@@ -159,6 +185,8 @@ class MethodRun:
         self._excluded_reason: dict[int, str | None] = {}
         self._plans: dict[int, dict] = {}
         self._majority: dict[int, float] = {}
+        self._lost = 0  # participants whose state was not found this round (rebuilt from scratch)
+        self._restarts_before = 0
         if resume is not None:
             self.shared, self.round = resume["shared"], resume["round"]
             self.shared_names = set(resume["shared_names"])
@@ -320,8 +348,24 @@ class MethodRun:
                 if result["id"] == fault["participant"] and result["update"]:
                     result["update"] = corrupt_update(result["update"], fault["kind"])
 
+    def _accept(self, results: list[dict], when: str) -> None:
+        """Record the participants' new state versions; say which were restored and, loudly,
+        which could not be (their state was rebuilt from scratch)."""
+        self.versions.accept(results)
+        for result in results:
+            pid = result.get("subject", result["id"])
+            if result.get("state") == "restored":
+                self.log(f"{self.method.name} {when}: participant {pid} restored from its stored state")
+            elif result.get("state") == "lost":
+                self._lost += 1
+                self.log(f"{self.method.name} {when}: PARTICIPANT {pid} RESET: its private state was "
+                         f"not found ({result['lost']}); it was rebuilt from scratch, so this run's "
+                         f"results from here on differ from a fault-free run's (hosts.state_uri "
+                         f"must be a location every node reaches)")
+
     def run_round(self, round_number: int, rounds: int) -> dict:
         start = time.perf_counter()
+        self._lost, self._restarts_before = 0, self.executor.restarts
         plan = self.plan(round_number)
         self._plans.pop(round_number)
         kept, times = plan["kept"], plan["times"]
@@ -337,13 +381,10 @@ class MethodRun:
         kill = [f["host"] for f in self.scenario["faults"]["kill_host"]
                 if f["round"] == round_number and f["method"] in (None, self.method.name)]
         results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
-                                                sleep_s, on_done, kill)
+                                                sleep_s, on_done, kill, self.versions.expected(kept))
         results.sort(key=lambda r: r["id"])  # arrival order varies; float sums must not
+        self._accept(results, f"round {round_number}")
         self._corrupt(results, round_number)
-        for result in results:
-            if result.get("restored"):
-                self.log(f"{self.method.name} round {round_number}: participant {result['id']} "
-                         f"restored from its checkpoint")
         lost = self._lost_uploads(results, round_number)
         for lost_upload in lost:
             results.remove(lost_upload)
@@ -413,6 +454,7 @@ class MethodRun:
         """When not even round 1 fits the budget: no round; the initial state is evaluated (with
         the end-of-run step if that alone fits) and recorded as round 0."""
         start = time.perf_counter()
+        self._lost, self._restarts_before = 0, self.executor.restarts
         finish = self.finish_cost()
         finish_spend = {"bytes": 0, "flops": finish["flops"], "sim_time_s": finish["sim_s"]}[self.budget_kind]
         final = self.spent() + finish_spend <= self.budget_limit
@@ -437,8 +479,12 @@ class MethodRun:
         row.update({"finish_sim_s": finish["sim_s"], "flops_total": self.totals["flops"],
                     "sim_clock_s": self.totals["sim_time_s"]})
         if evaluate:
-            self.last_eval = self.evaluate(final=final)
+            self.last_eval = self.evaluate(final=final, after=row["round"])
             row.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "per_participant"})
+        # Infrastructure: hosts replaced (a measurement: their work was re-run, nothing changed)
+        # and participants whose state could not be found (a result: they started over).
+        row["restarts"] = self.executor.restarts - self._restarts_before
+        row["restored_fresh"] = self._lost
         row["wall_s"] = time.perf_counter() - start
         self.totals["wall_s"] += row["wall_s"]
         self.stopped = final
@@ -452,11 +498,13 @@ class MethodRun:
             self._majority[pid] = majority_accuracy(data.train.labels, data.test.labels)
         return self._majority[pid]
 
-    def evaluate(self, final: bool) -> dict:
+    def evaluate(self, final: bool, after: int | None = None) -> dict:
         pids = self.eval_participants()
-        results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final,
-                                                   CENTER if self.method.centralized else None)
+        subject = CENTER if self.method.centralized else None
+        results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final, subject,
+                                                   self.versions.expected([subject] if subject is not None else pids))
         results.sort(key=lambda r: r["id"])
+        self._accept(results, f"evaluation after round {after}")
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} evaluation: participant {pid} failed: {reason}")
         for result in results:
@@ -512,22 +560,23 @@ def run_experiment(experiment: Experiment, executor: Executor, record, log, prog
                    resume: dict | None = None) -> dict:
     """Every method of the scenario, one after another, on the same participants and data.
 
-    `save_checkpoint(state)` is called on the scenario's checkpoint schedule, after the hosts
-    have written their participants; `resume` is such a state to continue from. Returns the
+    `save_checkpoint(state)` is called on the scenario's checkpoint schedule (the participants'
+    state is already stored: hosts write it as they work, and the checkpoint names the version
+    of each); `resume` is such a state to continue from. Returns the
     summary (see outputs.RunFolder.finish)."""
     summaries = dict(resume["summaries"]) if resume else {}
+    versions = StateVersions(resume["versions"] if resume else None)
     for index, name in enumerate(experiment.scenario["methods"]):
         if name in summaries:
             continue
         snapshot = resume if resume and resume["method"] == name else None
-        run = MethodRun(experiment, name, executor, record, log, progress, snapshot)
+        run = MethodRun(experiment, name, executor, record, log, progress, snapshot, versions)
 
         def checkpoint(run, index=index, name=name):
-            tick = tick_of(index, run.round)
-            executor.checkpoint(tick)
             if save_checkpoint:
                 save_checkpoint({**run.snapshot(), "method": name, "method_index": index,
-                                 "tick": tick, "summaries": summaries})
+                                 "versions": dict(versions.current), "summaries": summaries})
+                versions.checkpointed = dict(versions.current)
 
         summaries[name] = run.run(checkpoint)
     shared_names = sorted({n for s in summaries.values() for n in s["shared_tensor_names"]})
@@ -536,3 +585,20 @@ def run_experiment(experiment: Experiment, executor: Executor, record, log, prog
                         for name, s in summaries.items()},
             "shared_tensor_names": shared_names, "nodes_used": executor.nodes_used,
             "global_ligo_sha256": summaries.get("fedgrow", {}).get("shared_sha256")}
+
+
+def run_in_folder(scenario: dict, data_path, folder, make_executor: Callable[[str], Executor],
+                  log, progress=None, resume: bool = False) -> dict:
+    """A whole run in its run folder (outputs.RunFolder): from the start, or with `resume` from
+    the folder's last checkpoint (from the start if it stopped before its first one).
+    `make_executor(state location)` builds the executor (participant.state_location: the
+    folder's state id is kept by its checkpoints, so a resumed run finds the same state)."""
+    checkpoint = folder.load_checkpoint() if resume and folder.has_checkpoint() else None
+    if resume:
+        log(f"resuming after {checkpoint['method']} round {checkpoint['round']}" if checkpoint else
+            "resuming from the start: the run stopped before its first checkpoint")
+    executor = make_executor(state_location(scenario["hosts"]["state_uri"], folder.path, folder.state_id))
+    summary = run_experiment(Experiment(scenario, data_path), executor, folder.record, log, progress,
+                             folder.save_checkpoint, checkpoint)
+    folder.finish(summary)
+    return summary

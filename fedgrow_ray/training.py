@@ -31,13 +31,22 @@ def make_optimiser(parameters, lr: float, weight_decay: float) -> torch.optim.Op
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
 
 
+class Cancelled(Exception):
+    """The work was called off (a round's wall-clock timeout): the state it was changing is
+    half-way and must be thrown away."""
+
+
 def train_steps(loss_fn: Callable[[dict], torch.Tensor], optimiser: torch.optim.Optimizer,
                 batches: Iterator[dict], steps: int, device="cpu",
-                max_grad_norm: float | None = None) -> float:
-    """`steps` optimiser steps of `loss_fn` on the next batches; the mean training loss."""
+                max_grad_norm: float | None = None,
+                should_stop: Callable[[], bool] | None = None) -> float:
+    """`steps` optimiser steps of `loss_fn` on the next batches; the mean training loss.
+    `should_stop` is asked before every step; when it says so, Cancelled is raised."""
     parameters = [p for group in optimiser.param_groups for p in group["params"]]
     total = 0.0
     for _ in range(steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled
         loss = loss_fn(to_device(next(batches), device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -107,13 +108,14 @@ class TwoNodeCluster:
         active = out.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in out else ""
         return sum(line.split()[-1].startswith("node_") for line in active.splitlines() if line.strip())
 
-    def processes(self) -> set[psutil.Process]:
-        """Every process of the two node sessions, and every descendant (Ray's worker processes
-        get their own process group but are the raylet's children)."""
+    def processes(self, sessions=None) -> set[psutil.Process]:
+        """Every process of the node sessions (default: both), and every descendant (Ray's worker
+        processes get their own process group but are the raylet's children)."""
+        sessions = self.sessions if sessions is None else sessions
         found = set()
         for proc in psutil.process_iter():
             try:
-                if os.getsid(proc.pid) in self.sessions:
+                if os.getsid(proc.pid) in sessions:
                     found.add(proc)
             except (ProcessLookupError, PermissionError, psutil.Error):
                 pass
@@ -124,11 +126,16 @@ class TwoNodeCluster:
                 pass
         return found
 
-    def stop(self) -> None:
+    def stop_worker(self) -> None:
+        """The worker node goes away: every process of its session is killed (SIGKILL), the
+        head's are left alone."""
+        self.stop(sessions=self.sessions[1:], remove=False)
+
+    def stop(self, sessions=None, remove: bool = True) -> None:
         """Kill this cluster's processes by pid (SIGKILL, like `ray stop --force`, but only these),
         until none is left, then remove its temp dir."""
         for _ in range(5):
-            procs = self.processes()
+            procs = self.processes(sessions)
             if not procs:
                 break
             for proc in procs:
@@ -137,7 +144,8 @@ class TwoNodeCluster:
                 except psutil.Error:
                     pass
             psutil.wait_procs(procs, timeout=5)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -184,3 +192,105 @@ def test_launch_joins_a_two_node_cluster_and_uses_both_nodes(two_node_cluster, t
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds if r["method"] == "fedgrow"] == [1, 2]
     assert all(r["completed"] > 0 for r in rounds)
+
+
+# ---- a lost node ------------------------------------------------------------------------------
+
+# Dropout, joint Local-LiGO, lognormal speeds: a restored participant must bring back all of it.
+# Two hosts of half a CPU each: one per node (SPREAD), and both fit on the head once the worker
+# node is gone.
+NODE_LOSS = {**TINY, "rounds": 4,
+             "model": {**TINY["model"], "dropout": 0.1},
+             "training": {**TINY["training"], "joint_local": True},
+             "devices": {"compute_speed": {"dist": "lognormal", "median": 1.0, "sigma": 0.5}},
+             "hosts": {"actors": 2, "num_cpus": 0.5}}
+
+
+def _run_losing_the_worker(cluster, tmp_path, spec, lose_files=None):
+    """launch.py on the cluster; once round 1 is recorded, the worker node is stopped (and
+    `lose_files(host index)` runs: what went with its disk). Returns (summary, rows, events,
+    the index of the host that was on the worker node)."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(spec))
+    out, cache, log = tmp_path / "run", tmp_path / "cache", tmp_path / "launch.log"
+    with open(log, "w") as stream:
+        launched = subprocess.Popen(
+            [sys.executable, "launch.py", str(scenario), "--address", cluster.address, "--out", str(out),
+             "--cache", str(cache)], cwd=ROOT, env=cluster.env, stdout=stream, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+                assert launched.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.1)
+            started = next(line for line in (out / "events.log").read_text().splitlines() if "hosts started" in line)
+            hosts = {int(pid): (int(index), node) for index, node, pid in
+                     re.findall(r"#(\d+) node (\w{8}) process (\d+)", started)}
+            assert len({node for _, node in hosts.values()}) == 2, started  # one host per node
+            on_worker = [hosts[p.pid][0] for p in cluster.processes(cluster.sessions[1:]) if p.pid in hosts]
+            assert len(on_worker) == 1, (started, on_worker)
+            cluster.stop_worker()
+            if lose_files:
+                lose_files(on_worker[0])
+            code = launched.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            launched.kill()
+    assert code == 0, f"launch.py: {code}\n{log.read_text()[-4000:]}"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((out / "summary.json").read_text()), rows, (out / "events.log").read_text(), on_worker[0]
+
+
+def _fault_free(tmp_path, spec):
+    from fedgrow_ray.config import resolve_scenario
+    from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+    from fedgrow_ray.rounds import LocalExecutor, run_experiment
+
+    scenario = resolve_scenario(spec)
+    data = prepare_scenario_data(scenario, tmp_path / "cache")
+    rows = []
+    summary = run_experiment(Experiment(scenario, data), LocalExecutor(scenario, str(data)), rows.append,
+                             lambda message: None)
+    return summary, json.loads(json.dumps(rows))
+
+
+MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_max", "resident_max",
+            "spilled", "reloaded", "restarts"}
+
+
+@pytest.mark.slow
+def test_a_lost_node_changes_nothing_with_shared_state(two_node_cluster, tmp_path):
+    """The worker node stops during round 2; with hosts.state_uri on a folder both nodes reach,
+    its host restarts on the head, loads its participants from there, redoes their work, and
+    the run ends exactly as the fault-free one (hash and every row apart from measurements).
+    Fails if a host restarted on another node cannot find its participants' state."""
+    spec = {**NODE_LOSS, "hosts": {**NODE_LOSS["hosts"], "state_uri": f"file://{tmp_path / 'shared'}"}}
+    summary, rows, events, lost = _run_losing_the_worker(two_node_cluster, tmp_path, spec)
+    reference, reference_rows = _fault_free(tmp_path, NODE_LOSS)
+    assert summary["global_ligo_sha256"] == reference["global_ligo_sha256"], events
+    assert len(rows) == len(reference_rows)
+    for row, expected in zip(rows, reference_rows):
+        keys = (row.keys() | expected.keys()) - MEASURED
+        assert {k: row.get(k) for k in keys} == {k: expected.get(k) for k in keys}, (row["round"], events)
+    assert sum(r["restarts"] for r in rows) == 1 and f"host #{lost} restarted" in events
+    assert "RESET" not in events
+
+
+@pytest.mark.slow
+def test_a_lost_node_without_shared_state_says_which_participants_were_reset(two_node_cluster, tmp_path):
+    """The same loss with participant state on the lost node's own disk (simulated: the files
+    its host wrote vanish with it): the run completes, and events.log and restored_fresh say
+    which participants were rebuilt from scratch, never silently."""
+    state = tmp_path / "state"
+    spec = {**NODE_LOSS, "hosts": {**NODE_LOSS["hosts"], "state_uri": str(state)}}
+
+    def lose_the_workers_disk(host):  # host k holds participants k, k + 2, k + 4
+        for path in state.rglob("p*.pt"):
+            if int(path.name[1:].split(".")[0]) % 2 == host:
+                path.unlink()
+
+    _, rows, events, lost = _run_losing_the_worker(two_node_cluster, tmp_path, spec, lose_the_workers_disk)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and all(r["failed"] == 0 for r in rows)
+    assert sum(r["restored_fresh"] for r in rows) == 3
+    for pid in range(6):
+        reset = f"PARTICIPANT {pid} RESET: its private state was not found" in events
+        assert reset == (pid % 2 == lost), (pid, events)

@@ -153,7 +153,7 @@ class Method:
         batches = batch_stream(participant.data.train, self.training["batch_size"],
                                participant.generator(self.stream, *purpose))
         return train_steps(loss_fn, optimiser, batches, steps, participant.device,
-                           self.training["max_grad_norm"])
+                           self.training["max_grad_norm"], participant.should_stop)
 
     def optimiser(self, parameters, lr: float | None = None):
         return make_optimiser(list(parameters), lr or self.training["lr"], self.training["weight_decay"])
