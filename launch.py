@@ -13,8 +13,6 @@ Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (no
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import uuid
@@ -32,7 +30,8 @@ ROOT = Path(__file__).resolve().parent
 class Progress:
     """A one-line progress bar on a terminal; plain log lines otherwise."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = stream or sys.stderr  # the one at call time (a test may have replaced it)
         self.stream, self.tty = stream, stream.isatty()
         self.width = 0
         self.reported: set = set()
@@ -40,6 +39,15 @@ class Progress:
     def message(self, text: str) -> None:
         self._clear()
         print(text, file=self.stream, flush=True)
+
+    def status(self, text: str) -> None:
+        """What is happening before the run starts: a transient line on a terminal (the next
+        message replaces it, so bad input still ends in one line), nothing in a log."""
+        if self.tty:
+            self._clear()
+            self.stream.write(text)
+            self.stream.flush()
+            self.width = len(text)
 
     def update(self, event: dict) -> None:
         if not event:
@@ -93,27 +101,6 @@ def parse_args(argv):
     return args
 
 
-def start_ray(address: str | None):
-    if not address:
-        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address;
-        # it reads this when it is first imported).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if address:
-        runtime_env = {"working_dir": str(ROOT),
-                       "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]}
-        # Run as a Ray job that ships the code itself (ray job submit --working-dir, a RayJob's
-        # runtimeEnvYAML): its workers already get that working_dir, and a second one is refused.
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-        if (job.get("runtime_env") or {}).get("working_dir"):
-            runtime_env = None
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-    else:  # a new local instance, never a cluster someone else started on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    return ray
-
-
 def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -> dict:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -157,49 +144,78 @@ def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> 
     return summary
 
 
+def prepare(args, progress):
+    """Everything a run needs, checked before anything is written: the scenario (or the run
+    folder to resume), the data, model checkpoints, and Ray with the resources the scenario
+    asks for. Returns (scenario, data path, ray or None, run folder: the RunFolder to resume,
+    or the path of the one to create, and the checkpoint to resume from or None). Bad input
+    raises; nothing has been written then."""
+    checkpoint = None
+    if args.resume:
+        folder, raw, checkpoint = RunFolder.open_for_resume(args.resume)
+        scenario = resolve_scenario(raw)
+    else:
+        scenario = load_scenario(args.scenario or ROOT / "scenarios" / "quickstart.yaml", args.set)
+        folder = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        RunFolder.check_new(folder)
+    from actors import cluster  # imports no Ray until start_or_join
+    if args.executor == "ray" and args.address:
+        cluster.probe(args.address)
+    progress.status(f"preparing data ({scenario['data']['source']}) ...")
+    args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
+    data_path = prepare_scenario_data(scenario, args.cache)
+    Experiment(scenario, data_path).check_inputs()
+    ray = None
+    if args.executor == "ray":
+        progress.status(f"joining the Ray cluster at {args.address} ..." if args.address else "starting Ray ...")
+        ray = cluster.start_or_join(args.address, ROOT)
+        try:
+            cluster.check_resources(scenario, ray.cluster_resources())
+        except cluster.ClusterError:
+            if not args.address:
+                ray.shutdown()
+            raise
+    return scenario, data_path, ray, folder, checkpoint
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress = Progress()
-    try:
-        if args.resume:
-            folder, raw, _ = RunFolder.for_resume(args.resume)
-            scenario = resolve_scenario(raw)
-        else:
-            scenario = load_scenario(args.scenario or ROOT / "scenarios" / "quickstart.yaml", args.set)
-        progress.message(f"preparing data ({scenario['data']['source']}) ...")
-        args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
-        data_path = prepare_scenario_data(scenario, args.cache)
-        if not args.resume:
-            out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-            folder = RunFolder.create(out, scenario)
-    except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.resume:
-        folder.set_status("running")
-    progress.message(f"run folder: {folder.path}")
     ray = None
     try:
-        if args.executor == "local":
-            summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
-        else:
-            ray = start_ray(args.address)
-            summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
-    except KeyboardInterrupt:
-        folder.fail("interrupted")
-        progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
-        return 1
-    except Exception as err:
-        if "RayActorError" in type(err).__name__ or "ActorDied" in type(err).__name__:
-            folder.fail(f"the driver actor died: {str(err).splitlines()[0]}")
-            progress.message(f"the driver actor died ({str(err).splitlines()[0]}); the run folder keeps "
-                             f"its last checkpoint: python launch.py --resume {folder.path}")
+        try:
+            scenario, data_path, ray, folder, checkpoint = prepare(args, progress)
+            if checkpoint is not None:
+                folder.continue_from(checkpoint)
+            else:
+                folder = RunFolder.create(folder, scenario)
+        except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
+            progress.message(f"error: {err}")
+            return 2
+        except KeyboardInterrupt:
+            progress.message("interrupted before the run started; nothing was written")
             return 1
-        if '"failed"' not in (folder.path / "status.json").read_text():
-            folder.fail(f"{type(err).__name__}: {err}")
-        progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
-                         f"python launch.py --resume {folder.path})")
-        return 1
+        progress.message(f"run folder: {folder.path}")
+        try:
+            if args.executor == "local":
+                summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
+            else:
+                summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
+        except KeyboardInterrupt:
+            folder.fail("interrupted")
+            progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
+            return 1
+        except Exception as err:
+            if "RayActorError" in type(err).__name__ or "ActorDied" in type(err).__name__:
+                folder.fail(f"the driver actor died: {str(err).splitlines()[0]}")
+                progress.message(f"the driver actor died ({str(err).splitlines()[0]}); the run folder "
+                                 f"keeps its last checkpoint: python launch.py --resume {folder.path}")
+                return 1
+            if '"failed"' not in (folder.path / "status.json").read_text():
+                folder.fail(f"{type(err).__name__}: {err}")
+            progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
+                             f"python launch.py --resume {folder.path})")
+            return 1
     finally:
         if ray is not None and not args.address:
             ray.shutdown()

@@ -30,7 +30,20 @@ def all_methods(tmp_path_factory):
 
 
 def test_every_method_reports_the_same_fields(all_methods):
+    """Guards against a method whose summary or metrics rows lack (or add) a field the others
+    report, which the results table and curves would then read as missing."""
     experiment, summary, rows = all_methods
+    fields = {name: set(result) for name, result in summary["methods"].items()}
+    assert all(keys == fields["fedgrow"] for keys in fields.values()), fields
+    row_fields = {}
+    for row in rows:
+        row_fields.setdefault(row["method"], set()).update(row)
+    # the pooled trainer alone is scored on the global test set (eval.global is off)
+    expected = row_fields["fedgrow"] | {"eval_global_accuracy"}
+    assert row_fields.pop("centralized") == expected
+    assert all(keys == row_fields["fedgrow"] for keys in row_fields.values()), row_fields
+    assert {"sampled", "completed", "failed", "aggregated", "bytes_up", "flops", "eval_accuracy",
+            "train_loss"} <= row_fields["fedgrow"]
     assert list(summary["methods"]) == ["fedgrow", "fedavg_scratch", "independent_growth",
                                         "local_small", "centralized"]
     for name, result in summary["methods"].items():
@@ -77,11 +90,16 @@ def test_trainable_parameters_per_participant(all_methods):
 
 
 def test_reference_code_protocol_shares_the_averaged_intermediate_model_once(tmp_path):
+    """Guards against the averaged intermediate model being re-sent, re-averaged or trained
+    after round 1 (the frozen check once compared a clone with itself)."""
     scenario = tiny("protocol=reference-code", "rounds=3")
     experiment = experiment_of(scenario, str(tmp_path))
     run = MethodRun(experiment, "fedgrow", LocalExecutor(scenario, str(experiment.data.path)),
                     lambda r: None, lambda m: None)
-    rows = [run.run_round(r, 3) for r in (1, 2, 3)]
+    rows = [run.run_round(1, 3)]
+    frozen = {k: v.clone() for k, v in run.shared.items() if k.startswith("intermediate.")}
+    global_ligo = {k: v.clone() for k, v in run.shared.items() if k.startswith("global_ligo.")}
+    rows += [run.run_round(r, 3) for r in (2, 3)]
     global_bytes = 4 * LiGO.parameter_count(experiment.intermediate, experiment.target)
     intermediate_bytes = 4 * experiment.params(experiment.intermediate)
     assert [r["bytes_up"] for r in rows] == [6 * (global_bytes + intermediate_bytes), 6 * global_bytes,
@@ -89,8 +107,10 @@ def test_reference_code_protocol_shares_the_averaged_intermediate_model_once(tmp
     assert [r["bytes_down"] for r in rows] == [6 * global_bytes, 6 * (global_bytes + intermediate_bytes),
                                                6 * global_bytes]
     assert any(name.startswith("intermediate.") for name in run.shared_names)
-    frozen = {k: v.clone() for k, v in run.shared.items() if k.startswith("intermediate.")}
+    # The averaged intermediate model of round 1 stays frozen through rounds 2 and 3, while
+    # Global-LiGO goes on training on top of it.
     assert frozen and all(torch.equal(run.shared[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(run.shared[k], v) for k, v in global_ligo.items())
 
 
 def test_centralized_is_one_trainer_on_pooled_data_with_the_federations_compute(tmp_path):
