@@ -15,7 +15,10 @@ import yaml
 
 import launch
 from conftest import MEASURED, TINY, simulate, tiny
+from fedgrow_ray.aggregation import coordinate_median, fedavg, trimmed_mean
+from fedgrow_ray.experiment import Experiment, prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
+from fedgrow_ray.rounds import LocalExecutor, MethodRun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,6 +141,8 @@ def test_ray_kill_of_a_participant_actor_from_outside(ray_session, cache, tmp_pa
 
 
 def test_broken_updates_are_rejected_and_global_ligo_stays_finite(ray_session, cache, tmp_path):
+    """Guards against a broken update (NaN, Inf, wrong shape or name, a norm beyond
+    server.max_update_norm) being aggregated, or being rejected without being counted."""
     faults = ("faults.bad_update=[{participant: 1, round: 1, kind: nan}, {participant: 2, round: 1, kind: shape},"
               " {participant: 3, round: 2, kind: inf}, {participant: 4, round: 2, kind: name},"
               " {participant: 5, round: 2, kind: huge}]")
@@ -152,10 +157,35 @@ def test_broken_updates_are_rejected_and_global_ligo_stays_finite(ray_session, c
     assert all(torch.isfinite(t).all() for t in shared.values())
 
 
+class RecordingExecutor(LocalExecutor):
+    """The in-process executor, keeping the last round's results (their updates as the server
+    saw them, after fault injection)."""
+
+    def train(self, *args, **kwargs):
+        results, failures = super().train(*args, **kwargs)
+        self.results = results
+        return results, failures
+
+
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean"])
-def test_robust_aggregators_run(tmp_path, aggregator):
-    out = tmp_path / "run"
-    assert launch.main(["--executor", "local", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                        "--set", f"server.aggregator={aggregator}", "--set", "rounds=1",
-                        "--set", "participants=4", "--set", "training.pretrain_steps=5"]) == 0
-    assert json.loads((out / "summary.json").read_text())["global_ligo_sha256"]
+def test_robust_aggregators_run(tmp_path, cache, aggregator):
+    """Guards against server.aggregator being ignored (fedavg whatever the scenario says): the
+    new Global-LiGO must be exactly that aggregator of the round's updates, and one huge update
+    among five must not drag it away as it drags the mean."""
+    scenario = tiny("participants=5", "rounds=1", f"server.aggregator={aggregator}", "server.trim_fraction=0.2",
+                    "faults.bad_update=[{participant: 0, round: 1, kind: huge}]")
+    data = str(prepare_scenario_data(scenario, cache))
+    executor = RecordingExecutor(scenario, data)
+    run = MethodRun(Experiment(scenario, data), "fedgrow", executor, lambda row: None, lambda text: None)
+    initial = {k: v.clone() for k, v in run.shared.items()}
+    row = run.run_round(1, 1)
+    assert (row["aggregated"], row["rejected"]) == (5, 0)  # no max_update_norm: the huge one counts
+    updates = [(r["update"], r["samples"]) for r in executor.results]
+    expected = {"median": coordinate_median(updates), "trimmed_mean": trimmed_mean(updates, 0.2)}[aggregator]
+    assert all(torch.equal(run.shared[name], expected[name]) for name in expected)
+    mean = fedavg(updates)
+    assert any(not torch.equal(run.shared[name], mean[name]) for name in mean)
+
+    def distance(state):
+        return max(float((state[name] - initial[name]).abs().max()) for name in initial)
+    assert distance(mean) > 1e3 * distance(run.shared) > 0  # the huge update moved the mean only
