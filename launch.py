@@ -7,7 +7,9 @@
 Without --address a local Ray is started on 127.0.0.1 and stopped at the end; with --address
 (auto or HOST:PORT) the run joins an existing cluster. --executor local runs every participant
 in this process with no Ray at all (for debugging, and the baseline of bench/overhead.py).
-Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (nothing written).
+Exit status: 0 done, 1 the run failed (the run folder says why), 2 bad input (nothing written:
+the scenario or run folder, the data, model checkpoints, --address and the cluster's resources
+are all checked before the run folder is created).
 """
 
 from __future__ import annotations

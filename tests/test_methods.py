@@ -64,6 +64,7 @@ def test_every_method_reports_the_same_fields(all_methods):
 
 
 def test_communication_is_what_each_method_shares(all_methods):
+    """Guards against bytes counted for what a method does not send, or a method sending more than its shared state."""
     experiment, summary, rows = all_methods
     methods = summary["methods"]
     global_bytes = 4 * LiGO.parameter_count(experiment.intermediate, experiment.target)
@@ -79,6 +80,7 @@ def test_communication_is_what_each_method_shares(all_methods):
 
 
 def test_trainable_parameters_per_participant(all_methods):
+    """Guards against trainable-parameter counts that include frozen weights or miss Local-LiGO."""
     experiment, summary, _ = all_methods
     methods = summary["methods"]
     global_ligo = LiGO.parameter_count(experiment.intermediate, experiment.target)
@@ -114,6 +116,7 @@ def test_reference_code_protocol_shares_the_averaged_intermediate_model_once(tmp
 
 
 def test_centralized_is_one_trainer_on_pooled_data_with_the_federations_compute(tmp_path):
+    """Guards against the pooled trainer seeing less data, a smaller shape or other compute than the federation."""
     scenario = tiny("methods=[centralized]", "rounds=1")
     experiment = experiment_of(scenario, str(tmp_path))
     executor = LocalExecutor(scenario, str(experiment.data.path))
@@ -145,6 +148,7 @@ def test_centralized_is_one_trainer_on_pooled_data_with_the_federations_compute(
 
 
 def test_global_evaluation_and_the_majority_reference(tmp_path):
+    """Guards against a majority-class reference or global accuracy computed on the wrong split."""
     scenario = tiny("methods=[fedgrow, local_small]", "rounds=1", "eval.global=true",
                     "data.partition={scheme: dirichlet, alpha: 0.3}")
     experiment = experiment_of(scenario, str(tmp_path))
@@ -168,6 +172,7 @@ def test_global_evaluation_and_the_majority_reference(tmp_path):
 
 
 def test_independent_growth_keeps_every_global_ligo_private(tmp_path):
+    """Guards against independent_growth sending or sharing its Global-LiGO."""
     scenario = tiny("methods=[independent_growth]", "rounds=1")
     experiment = experiment_of(scenario, str(tmp_path))
     executor = LocalExecutor(scenario, str(experiment.data.path))

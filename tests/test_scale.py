@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_spilled_participant_continues_from_its_state(tmp_path, cache):
+    """Guards against a participant reloaded from disk losing weights or optimiser moments."""
     # Moments kept across rounds and Local-LiGO trained too: all the optimiser state there is.
     kept = ("training.shared_optimiser=keep", "training.joint_local=true")
     scenario = tiny("hosts.max_resident=1", *kept)
@@ -64,6 +65,7 @@ def test_a_host_keeps_at_most_max_resident_participants_in_memory(tmp_path, cach
 
 
 def test_spilling_does_not_change_results(tmp_path, cache):
+    """Guards against spilling and reloading changing a single metric or the final Global-LiGO."""
     outcomes = []
     for spill in (None, 1):
         scenario = tiny("rounds=3", f"hosts.max_resident={'null' if spill is None else spill}",
@@ -82,6 +84,7 @@ def test_spilling_does_not_change_results(tmp_path, cache):
 
 
 def test_actor_count_does_not_change_results(ray_session, cache, tmp_path):
+    """Guards against results that depend on how many actors host the participants."""
     hashes, rows = [], []
     for actors in (1, 3):
         scenario = tiny(f"hosts.actors={actors}", "hosts.num_cpus=0.5", "hosts.max_resident=1")
@@ -127,6 +130,7 @@ def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_sessio
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_gpu_host_holds_one_participant_at_a_time(cache, tmp_path):
+    """Guards against GPU memory that grows with the participants a host has served."""
     scenario = tiny("participants=6")
     data = str(prepare_scenario_data(scenario, cache))
     shared = get_method("fedgrow", Experiment(scenario, data)).initial_shared()

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import launch
 from conftest import MEASURED, simulate, tiny
 from fedgrow_ray.dual_ligo import state_sha256
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
