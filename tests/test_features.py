@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -343,7 +344,16 @@ def test_placement_sets_the_actor_strategy_and_not_the_results(ray_session, cach
 def test_when_the_driver_dies_launch_says_how_to_resume(ray_session, cache, tmp_path):
     """Guards against a lost driver ending with a traceback, a status.json still 'running', or
     no --resume command."""
-    from test_reliability import named_actor, wait_for_rows
+    from test_reliability import wait_for_rows
+
+    def driver_of_the_other_process(timeout=120.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for actor in ray_session.util.list_named_actors(all_namespaces=True):
+                if actor["name"].startswith("fedgrow-driver-"):
+                    return ray_session.get_actor(actor["name"], namespace=actor["namespace"])
+            time.sleep(0.2)
+        raise TimeoutError("no driver actor")
     scenario_file = tmp_path / "tiny.yaml"
     scenario_file.write_text(yaml.safe_dump({**TINY, "rounds": 6}))
     out = tmp_path / "run"
@@ -353,7 +363,7 @@ def test_when_the_driver_dies_launch_says_how_to_resume(ray_session, cache, tmp_
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_rows(out / "metrics.jsonl", 1)
-        ray_session.kill(named_actor(ray_session, "fedgrow-driver-"))
+        ray_session.kill(driver_of_the_other_process())
         _, err = running.communicate(timeout=300)
     finally:
         running.kill()
