@@ -107,10 +107,12 @@ def _unavailable_message(name, hub, err):
     reason = (str(err).splitlines() or [""])[0]
     return (f"data.source: dataset {name!r} (Hugging Face {hub.path!r}) is not available offline: it is "
             f"not in the Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and cannot be "
-            f"downloaded here ({type(err).__name__}: {reason}); copy a ~/.cache/huggingface that has it "
-            f"(or point HF_HOME at one), or export its splits ({hub.train_split!r}, {hub.test_split!r}) to "
-            f"Parquet and use source: files with {hub.family}_column: {hub.input_column}, label_column: "
-            f"{hub.label_column} (see 'Datasets offline' in fedgrow_ray/data/__init__.py)")
+            f"downloaded here ({type(err).__name__}: {reason}); on a machine with internet run "
+            f"python -c \"import datasets; datasets.load_dataset('{hub.path}')\" and copy its "
+            f"~/.cache/huggingface here (or point HF_HOME at the copy), or export the splits "
+            f"({hub.train_split!r}, {hub.test_split!r}) to Parquet and use source: files with "
+            f"{hub.family}_column: {hub.input_column}, label_column: {hub.label_column} (see 'Datasets "
+            f"offline' in fedgrow_ray/data/__init__.py)")
 
 
 # ---- local files ----------------------------------------------------------------------------
