@@ -279,14 +279,18 @@ def test_checkpoint_every_0_writes_none_and_resume_is_refused(cache, tmp_path, c
 
 
 # ---- resume: across a method boundary, with partial sampling, after a half-written row --------
-def test_resume_across_a_method_boundary_is_exact(cache, tmp_path):
+@pytest.mark.parametrize("stopped_after", [("fedgrow", 2), ("local_small", 1)],
+                         ids=["after the first method's last round", "in the second method"])
+def test_resume_across_a_method_boundary_is_exact(cache, tmp_path, stopped_after):
     """Guards against a resume after one method's last checkpoint re-running it, skipping the
     next, or starting the next from the wrong state."""
     scenario = tiny("methods=[fedgrow, local_small]")
     reference, reference_rows, _ = whole_run(scenario, cache, tmp_path / "whole")
-    crashed_run(scenario, cache, tmp_path / "broken", after_checkpoint=("fedgrow", 2))
+    crashed_run(scenario, cache, tmp_path / "broken", after_checkpoint=stopped_after)
     summary, rows, state = resume(scenario, cache, tmp_path / "broken")
-    assert (state["method"], state["round"], state["stopped"]) == ("fedgrow", 2, True)
+    assert (state["method"], state["round"]) == stopped_after
+    assert state["stopped"] == (stopped_after == ("fedgrow", 2))
+    assert list(state["summaries"]) == ([] if stopped_after[0] == "fedgrow" else ["fedgrow"])
     assert [(r["method"], r["round"]) for r in rows] == [("fedgrow", 1), ("fedgrow", 2), ("local_small", 1),
                                                           ("local_small", 2)]
     assert results(rows) == results(reference_rows)
