@@ -345,6 +345,7 @@ def test_placement_sets_the_actor_strategy_and_not_the_results(ray_session, cach
     assert outcomes["spread"] == outcomes["pack"] and outcomes["pack"][2] == 1
 
 
+@pytest.mark.slow  # a launch.py process joining the test's Ray: about 30 s alone, minutes when busy
 def test_when_the_driver_dies_launch_says_how_to_resume(ray_session, cache, tmp_path):
     """Guards against a lost driver ending with a traceback, a status.json still 'running', or
     no --resume command."""
