@@ -8,28 +8,27 @@
 Without --address a local Ray is started on 127.0.0.1 and stopped at the end; with --address
 (auto or HOST:PORT) the run joins an existing cluster. --executor local runs every participant
 in this process with no Ray at all (for debugging, and the baseline of bench/overhead.py).
---seeds / --grid (or a `sweep:` section in the scenario) run a sweep: every (setting, seed) as a
-concurrent run on Ray (actors/sweep.py), then the statistics (fedgrow_ray/sweeps).
+--seeds / --grid / --variants (or a `sweep:` section in the scenario) run a sweep: every
+(setting, seed) as a concurrent run on Ray (actors/sweep.py), then the statistics
+(fedgrow_ray/sweeps).
 Exit status: 0 done, 1 a run failed or was interrupted (its folder says why), 2 bad input
-(nothing written).
+(nothing written: the scenario or run folder, the data, model checkpoints, --address and the
+cluster's resources are all checked before a run or sweep folder is created).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
 
-from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file, resolve_scenario
+from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file, read_yaml, resolve_scenario
 from fedgrow_ray.data import DatasetUnavailable
-from fedgrow_ray.experiment import DEFAULT_CACHE, prepare_scenario_data
+from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
 from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
 from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
 
@@ -39,7 +38,8 @@ ROOT = Path(__file__).resolve().parent
 class Progress:
     """A one-line progress bar on a terminal; plain log lines otherwise."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = stream or sys.stderr  # the one at call time (a test may have replaced it)
         self.stream, self.tty = stream, stream.isatty()
         self.width = 0
         self.reported: set = set()
@@ -47,6 +47,15 @@ class Progress:
     def message(self, text: str) -> None:
         self._clear()
         print(text, file=self.stream, flush=True)
+
+    def status(self, text: str) -> None:
+        """What is happening before the run starts: a transient line on a terminal (the next
+        message replaces it, so bad input still ends in one line), nothing in a log."""
+        if self.tty:
+            self._clear()
+            self.stream.write(text)
+            self.stream.flush()
+            self.width = len(text)
 
     def update(self, event: dict) -> None:
         if not event:
@@ -108,32 +117,6 @@ def parse_args(argv):
     return args
 
 
-def start_ray(address: str | None):
-    """(ray, whether this call started it). In a process already connected to Ray (tests, a
-    notebook), that Ray is used and left running."""
-    if not address:
-        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address;
-        # it reads this when it is first imported).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        return ray, False
-
-    if address:
-        runtime_env = {"working_dir": str(ROOT),
-                       "excludes": ["runs/", ".venv/", ".git/", "*.pyc", "__pycache__/"]}
-        # Run as a Ray job that ships the code itself (ray job submit --working-dir, a RayJob's
-        # runtimeEnvYAML): its workers already get that working_dir, and a second one is refused.
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-        if (job.get("runtime_env") or {}).get("working_dir"):
-            runtime_env = None
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-    else:  # a new local instance, never a cluster someone else started on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    return ray, True
-
-
 def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -> dict:
     from actors.driver import run_on_ray
     from actors.placement import ClusterPlacement
@@ -187,9 +170,9 @@ def parse_grid(items: list[str]) -> dict:
     grid = {}
     for item in items:
         key, _, values = item.partition("=")
-        try:
-            parsed = yaml.safe_load(f"[{values}]") if values.strip() else []
-        except yaml.YAMLError:
+        try:  # YAML 1.2 numbers, like --set's: 1e-3 is a float
+            parsed = read_yaml(f"[{values}]", f"--grid {item!r}") if values.strip() else []
+        except ScenarioError:
             parsed = None
         if not key.strip() or "=" not in item or not parsed or any(v is None for v in parsed):
             raise ScenarioError(f"--grid {item!r}: expected KEY=V1,V2,... with at least one value, "
@@ -237,12 +220,21 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
         progress.message(f"sweep: {len(plan.runs)} runs ({len(plan.settings)} setting(s) x {len(seeds)} "
                          f"seed(s)), {len(plan.runs) - len(todo)} already complete; preparing data ...")
         for run in todo:
-            prepare_scenario_data(run.scenario, args.cache)
+            data_path = prepare_scenario_data(run.scenario, args.cache)
+            if run.seed == plan.seeds[0]:  # a setting's model checkpoints, once
+                Experiment(run.scenario, data_path).check_inputs()
     except (ScenarioError, SweepError, DatasetUnavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     about["commit"], about["dirty"] = code_version()
-    ray, started = start_ray(args.address) if todo else (None, False)
+    from actors import cluster  # imports no Ray until start_or_join
+    try:
+        if todo and args.address:
+            cluster.probe(args.address)
+    except cluster.ClusterError as err:
+        progress.message(f"error: {err}")
+        return 2
+    ray, started = cluster.start_or_join(args.address, ROOT) if todo else (None, False)
     interrupted = 0
     try:
         if todo:
@@ -274,56 +266,91 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
     return 1 if unfinished else 0
 
 
+def prepare(args, progress, scenario: dict | None = None):
+    """Everything a run needs, checked before anything is written: the scenario (given, or the
+    run folder's to resume), the data, model checkpoints, and Ray with the resources the
+    scenario asks for. Returns (scenario, data path, ray or None, whether Ray was started here,
+    run folder: the RunFolder to resume or the path of the one to create, and the checkpoint to
+    resume from or None). Bad input raises; nothing has been written then."""
+    checkpoint = None
+    if args.resume:
+        folder, raw, checkpoint = RunFolder.open_for_resume(args.resume)
+        scenario = resolve_scenario(raw)
+    else:
+        folder = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        RunFolder.check_new(folder)
+    from actors import cluster  # imports no Ray until start_or_join
+    if args.executor == "ray" and args.address:
+        cluster.probe(args.address)
+    progress.status(f"preparing data ({scenario['data']['source']}) ...")
+    args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
+    data_path = prepare_scenario_data(scenario, args.cache)
+    Experiment(scenario, data_path).check_inputs()
+    ray, started = None, False
+    if args.executor == "ray":
+        progress.status(f"joining the Ray cluster at {args.address} ..." if args.address else "starting Ray ...")
+        ray, started = cluster.start_or_join(args.address, ROOT)
+        try:
+            cluster.check_resources(scenario, ray.cluster_resources())
+        except cluster.ClusterError:
+            if started:
+                ray.shutdown()
+            raise
+    return scenario, data_path, ray, started, folder, checkpoint
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     progress = Progress()
+    scenario = None
     try:
         if args.resume and (Path(args.resume) / SWEEP_FILE).is_file():
             return sweep_main(args, argv, progress)
-        if args.resume:
-            folder, raw, _ = RunFolder.for_resume(args.resume)
-            scenario = resolve_scenario(raw)
-        else:
+        if not args.resume:
             raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
             scenario, section = load_sweep(raw, args.set)
             if (args.seeds is not None or args.grid or args.variants or section["seeds"] is not None
                     or section["grid"] or section["variants"]):
                 return sweep_main(args, argv, progress, scenario, section)
-        progress.message(f"preparing data ({scenario['data']['source']}) ...")
-        args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
-        data_path = prepare_scenario_data(scenario, args.cache)
-        if not args.resume:
-            out = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-            folder = RunFolder.create(out, scenario)
-    except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ScenarioError, ValueError) as err:
+        progress.message(f"error: {err}")
         return 2
-    if args.resume:
-        folder.set_status("running")
-    progress.message(f"run folder: {folder.path}")
     ray, started = None, False
     try:
-        if args.executor == "local":
-            summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
-        else:
-            ray, started = start_ray(args.address)
-            summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
-    except KeyboardInterrupt:
-        folder.fail("interrupted")
-        progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
-        return 1
-    except Exception as err:
-        from actors.driver import driver_died, record_failure
+        try:
+            scenario, data_path, ray, started, folder, checkpoint = prepare(args, progress, scenario)
+            if args.resume:
+                folder.continue_from(checkpoint)
+            else:
+                folder = RunFolder.create(folder, scenario)
+        except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
+            progress.message(f"error: {err}")
+            return 2
+        except KeyboardInterrupt:
+            progress.message("interrupted before the run started; nothing was written")
+            return 1
+        progress.message(f"run folder: {folder.path}")
+        try:
+            if args.executor == "local":
+                summary = run_locally(scenario, data_path, folder, progress, bool(args.resume))
+            else:
+                summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
+        except KeyboardInterrupt:
+            folder.fail("interrupted")
+            progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
+            return 1
+        except Exception as err:
+            from actors.driver import driver_died, record_failure
 
-        cause = record_failure(folder, err)
-        if driver_died(err):
-            progress.message(f"{cause}; the run folder keeps its last checkpoint: "
-                             f"python launch.py --resume {folder.path}")
-        else:
-            progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
-                             f"python launch.py --resume {folder.path})")
-        return 1
+            cause = record_failure(folder, err)
+            if driver_died(err):
+                progress.message(f"{cause}; the run folder keeps its last checkpoint: "
+                                 f"python launch.py --resume {folder.path}")
+            else:
+                progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
+                                 f"python launch.py --resume {folder.path})")
+            return 1
     finally:
         if started:
             ray.shutdown()

@@ -59,17 +59,11 @@ class ClusterPlacement:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.driver_node, soft=False)}
 
     def hosts(self, scenario: dict, log) -> list[dict]:
+        from .cluster import check_resources  # launch.py ran it already, before the run folder
+
         resources = ray.cluster_resources()
         options = host_resources(scenario, resources.get("GPU", 0), log)
-        size = pool_size(scenario, resources.get("CPU", 1))
-        for key, resource, per_actor, unit in (("num_cpus", "CPU", options["num_cpus"], 1),
-                                               ("num_gpus", "GPU", options["num_gpus"], 1),
-                                               ("memory_mb", "memory", options.get("memory", 0), 2**20)):
-            if size * per_actor > resources.get(resource, 0) + 1e-9:  # Ray would wait forever
-                raise RuntimeError(
-                    f"{size} participant hosts x hosts.{key}={per_actor / unit:g} need more {resource} "
-                    f"than the cluster has ({resources.get(resource, 0) / unit:g}); lower hosts.actors "
-                    f"or hosts.{key}")
+        size = check_resources(scenario, resources)
         # spread: hosts on as many nodes as possible; pack: Ray's default, filling nodes
         strategy = "SPREAD" if scenario["hosts"]["placement"] == "spread" else "DEFAULT"
         return [{**options, "scheduling_strategy": strategy} for _ in range(size)]

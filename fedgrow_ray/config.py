@@ -2,13 +2,17 @@
 
 A scenario is a YAML mapping. `load_scenario(path, overrides)` returns the fully resolved
 scenario (every default filled in) or raises ScenarioError naming the key, the value and what is
-allowed. The keys a user changes most sit at the top level (seed, rounds, participants,
-methods) so `--set rounds=20` reaches them plainly.
+allowed, in one line. The keys a user changes most sit at the top level (seed, rounds,
+participants, methods) so `--set rounds=20` reaches them plainly.
 
-A scenario may also carry a `sweep:` section (seeds, and a grid of other keys' values) that makes
-launch.py run it as a sweep. The section is validated here with everything else but is not part
-of a run: `load_sweep` returns it beside the run scenario, and `resolve_scenario` leaves it out, so
-a run's config.yaml never holds one.
+Scenario files, `--set` values and a run folder's config.yaml are all read with `read_yaml`,
+which resolves numbers as YAML 1.2 does: `1e-3` is the float 0.001 (PyYAML follows YAML 1.1,
+where a float needs a dot and `1e-3` is a string).
+
+A scenario may also carry a `sweep:` section (seeds, a grid of other keys' values, named
+variants) that makes launch.py run it as a sweep. The section is validated here with everything
+else but is not part of a run: `load_sweep` returns it beside the run scenario, and
+`resolve_scenario` leaves it out, so a run's config.yaml never holds one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,35 @@ from .models import FAMILIES, Shape, get_family
 
 class ScenarioError(ValueError):
     """A scenario (or an override) is invalid; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax (an exponent needs no dot)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+    [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+  | [-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+  | [-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+  | [-+]?\.(?:inf|Inf|INF)
+  | \.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def read_yaml(text: str, where: str):
+    """Parse YAML text (a scenario, a --set value, a run folder's config.yaml) with YAML 1.2
+    floats; a syntax error is a one-line ScenarioError naming `where`, the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ScenarioError(f"{where} is not valid YAML{at}: "
+                            f"{problem}{f' ({context})' if context else ''}") from None
 
 
 METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "centralized")
@@ -55,11 +88,6 @@ def number(minimum=None, maximum=None, optional=False, above=None):
     def check(key, value):
         if value is None and optional:
             return None
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             _fail(key, value, "expected a number" + _range(minimum, maximum, above))
         if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
@@ -383,13 +411,41 @@ def _check_together(s: dict) -> None:
                 raise ScenarioError(
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
-    for i, fault in enumerate(s["faults"]["kill_host"]):
-        if fault["round"] > s["rounds"]:
-            raise ScenarioError(f"scenario key 'faults.kill_host[{i}].round': {fault['round']} is "
-                                f"after the last round ({s['rounds']})")
+    _check_faults(s)
+    template = model["checkpoints"]
+    if template is not None:
+        try:
+            template.format(id=0)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ScenarioError(f"scenario key 'model.checkpoints': {template!r} is not a folder template "
+                                f"({type(err).__name__}: {err}); use {{id}} for the participant's id, "
+                                f"e.g. 'ckpt/participant_{{id}}'") from None
     if s["hosts"]["num_gpus"] > 1 and s["hosts"]["num_gpus"] != int(s["hosts"]["num_gpus"]):
         raise ScenarioError(f"scenario key 'hosts.num_gpus': {s['hosts']['num_gpus']} is not allowed; "
                             "a fraction below 1 or a whole number of GPUs")
+
+
+def _check_faults(s: dict) -> None:
+    """Injected faults must name a participant, host, round and method this scenario has: a
+    fault that can never fire is a mistake, not a no-op."""
+    actors = s["hosts"]["actors"]
+    hosts = min(actors, s["participants"]) if actors is not None else None  # see actors.pool
+    for kind, who in (("kill_host", "host"), ("bad_update", "participant")):
+        for i, fault in enumerate(s["faults"][kind]):
+            key = f"scenario key 'faults.{kind}[{i}]"
+            if fault["round"] > s["rounds"]:
+                raise ScenarioError(f"{key}.round': {fault['round']} is after the last round "
+                                    f"({s['rounds']})")
+            if fault["method"] is not None and fault["method"] not in s["methods"]:
+                raise ScenarioError(f"{key}.method': {fault['method']!r} is not allowed; it is not one "
+                                    f"of the scenario's methods {s['methods']}")
+            if who == "participant" and fault[who] >= s["participants"]:
+                raise ScenarioError(f"{key}.participant': {fault[who]} does not exist; participants "
+                                    f"are numbered 0 to {s['participants'] - 1}")
+            if who == "host" and hosts is not None and fault[who] >= hosts:
+                raise ScenarioError(f"{key}.host': {fault[who]} does not exist; hosts are numbered 0 "
+                                    f"to {hosts - 1} (hosts.actors={actors}, participants="
+                                    f"{s['participants']})")
 
 
 def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None):
@@ -413,9 +469,9 @@ def parse_override(text_: str) -> tuple[list[str], object]:
     if not key or any(not part for part in key.split(".")):
         raise ScenarioError(f"--set {text_!r}: expected key=value, e.g. --set rounds=20")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
+        parsed = read_yaml(value, f"--set {text_!r}") if value.strip() else None
+    except ScenarioError:
+        parsed = value  # not YAML (e.g. an unbalanced bracket): the plain string, checked as such
     return key.split("."), parsed
 
 
@@ -468,10 +524,7 @@ def read_scenario_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"scenario file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ScenarioError(f"scenario file {str(path)!r} is not valid YAML: {err}") from None
+    raw = read_yaml(path.read_text(), f"scenario file {str(path)!r}") or {}
     if not isinstance(raw, dict):
         raise ScenarioError(f"scenario file {str(path)!r}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)

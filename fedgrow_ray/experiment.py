@@ -7,6 +7,7 @@ so they agree on everything without sending it around.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -117,6 +118,37 @@ class Experiment:
             raise ValueError(f"scenario key 'model.checkpoints': participant {pid}'s checkpoint "
                              f"folder {str(path)!r} has no config.json")
         return path
+
+    def check_inputs(self) -> None:
+        """Before a run starts: every model.checkpoints folder holds a checkpoint this scenario
+        can grow (this family, this data's fixed sizes, a shape within model.intermediate),
+        read from its config.json only. A ValueError names the first that does not."""
+        if self.scenario["model"]["checkpoints"] is None:
+            return
+        sizes = [f.name for f in dataclasses.fields(self.family) if f.name not in ("dropout", "num_classes")]
+        for pid in self.participant_ids:
+            path = self.checkpoint_path(pid)
+            where = f"scenario key 'model.checkpoints': participant {pid}'s checkpoint {str(path)!r}"
+            try:
+                config = self.family.model_class.config_class.from_json_file(str(path / "config.json"))
+                found = type(self.family).from_config(config)
+                shape = self.preferred_shape(pid)
+            except (OSError, ValueError, KeyError, AttributeError) as err:
+                raise ValueError(f"{where} has an unreadable config.json ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            expected = self.family.model_class.config_class.model_type
+            if getattr(config, "model_type", expected) != expected:
+                raise ValueError(f"{where} is a {config.model_type!r} model; model.family "
+                                 f"{self.family.name!r} needs {expected!r}")
+            for name in sizes:
+                if getattr(found, name) != getattr(self.family, name):
+                    raise ValueError(f"{where} has {name}={getattr(found, name)}; this scenario's "
+                                     f"data and model need {name}={getattr(self.family, name)}")
+            for key in ("width", "layers", "ffn"):
+                if getattr(shape, key) > getattr(self.intermediate, key):
+                    raise ValueError(f"{where} has {key}={getattr(shape, key)}, larger than "
+                                     f"model.intermediate {key}={getattr(self.intermediate, key)}; "
+                                     f"small models grow into it")
 
     # ---- costs --------------------------------------------------------------------------------
     @functools.lru_cache(maxsize=None)

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from .config import ScenarioError, read_yaml
+
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     path = Path(path)
@@ -46,6 +48,9 @@ class ResumeError(ValueError):
 
 class RunFolder:
     CHECKPOINT = "checkpoint.pt"
+    # The layout of checkpoint.pt; a checkpoint of another layout is refused on --resume, never
+    # half-read. Raise it whenever what save_checkpoint writes or resume reads changes.
+    CHECKPOINT_FORMAT = 2  # 2: participant state by version (state_id, versions)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -66,11 +71,17 @@ class RunFolder:
         """config.yaml of a run of this scenario."""
         return yaml.safe_dump(scenario, sort_keys=False)
 
-    @classmethod
-    def create(cls, path: str | Path, scenario: dict) -> "RunFolder":
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Raise FileExistsError unless `path` can become a new run folder (absent or empty)."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"--out {str(path)!r} exists and is not empty; choose another folder")
+
+    @classmethod
+    def create(cls, path: str | Path, scenario: dict) -> "RunFolder":
+        path = Path(path)
+        cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path)
         atomic_write(path / "config.yaml", cls.config_text(scenario))
@@ -99,7 +110,7 @@ class RunFolder:
         if self._rows is None:
             self._rows = len(self.metrics())
         state = {**state, "metrics_rows": self._rows, "scenario_sha256": self.scenario_sha256(),
-                 "state_id": self.state_id}
+                 "state_id": self.state_id, "checkpoint_format": self.CHECKPOINT_FORMAT}
         tmp = self.path / f".{self.CHECKPOINT}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.path / self.CHECKPOINT)
@@ -115,40 +126,64 @@ class RunFolder:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ResumeError(f"{path} is unreadable ({type(err).__name__}: {err}); the run cannot "
+            reason = (str(err).splitlines() or [""])[0]
+            raise ResumeError(f"{path} is unreadable ({type(err).__name__}: {reason}); the run cannot "
                               f"be resumed from it") from None
         if not isinstance(state, dict) or "scenario_sha256" not in state:
             raise ResumeError(f"{path} is not a fedgrow-ray checkpoint")
+        if state.get("checkpoint_format") != self.CHECKPOINT_FORMAT:
+            raise ResumeError(f"{path} has checkpoint format {state.get('checkpoint_format')!r}, written by "
+                              f"another version of fedgrow-ray; this version reads format "
+                              f"{self.CHECKPOINT_FORMAT}: resume it with the version that wrote it")
         if state["scenario_sha256"] != self.scenario_sha256():
             raise ResumeError(f"{path} was written for a different scenario: {self.path / 'config.yaml'} "
                               f"has changed since; restore it or start a new run")
-        if "versions" not in state:  # participant state before it was versioned (issue 11)
-            raise ResumeError(f"{path} was written by an older fedgrow-ray whose participant state "
-                              f"this one cannot read; start a new run")
         self.state_id = state["state_id"]
         return state
 
     @classmethod
-    def for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict | None]:
-        """Open a run folder to continue it: (folder, scenario as written, checkpoint, or None
-        when the run stopped before its first checkpoint: it starts again from the beginning).
-        The metrics after the checkpoint are dropped (those rounds run again)."""
+    def open_for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict | None]:
+        """Read a run folder to continue it, writing nothing: (folder, scenario as written,
+        checkpoint, or None when the run stopped before its first checkpoint: it starts again
+        from the beginning). A ResumeError says why it cannot be resumed."""
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise ResumeError(f"--resume {str(path)!r} is not a run folder (no config.yaml)")
         folder = cls(path)
-        status = json.loads((path / "status.json").read_text()).get("status") \
-            if (path / "status.json").is_file() else None
+        try:
+            status = json.loads((path / "status.json").read_text()).get("status") \
+                if (path / "status.json").is_file() else None
+        except (ValueError, AttributeError):
+            raise ResumeError(f"{path / 'status.json'} is not readable JSON status; the run folder "
+                              f"is damaged") from None
         if status == "completed":
             raise ResumeError(f"{path} is a completed run; there is nothing to resume")
         try:
-            scenario = yaml.safe_load((path / "config.yaml").read_text())
-        except yaml.YAMLError as err:
-            raise ResumeError(f"{path / 'config.yaml'} is not valid YAML: {err}") from None
+            scenario = read_yaml((path / "config.yaml").read_text(), str(path / "config.yaml"))
+        except ScenarioError as err:
+            raise ResumeError(str(err)) from None
+        if not isinstance(scenario, dict):
+            raise ResumeError(f"{path / 'config.yaml'} is not a scenario (expected a mapping of keys)")
         state = folder.load_checkpoint() if folder.has_checkpoint() else None
-        rows = folder.metrics()[:state["metrics_rows"]] if state else []
-        atomic_write(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        folder._rows = len(rows)
+        rows = folder.metrics()
+        if state and len(rows) < state["metrics_rows"]:
+            raise ResumeError(f"{path / 'metrics.jsonl'} has {len(rows)} rows but {cls.CHECKPOINT} "
+                              f"covers {state['metrics_rows']}; the run folder is damaged")
+        return folder, scenario, state
+
+    def continue_from(self, state: dict | None) -> None:
+        """Start continuing from a checkpoint (None: from the beginning): the metrics after it
+        are dropped (those rounds run again) and the status is running again."""
+        rows = self.metrics()[:state["metrics_rows"]] if state else []
+        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self._rows = len(rows)
+        self.set_status("running")
+
+    @classmethod
+    def for_resume(cls, path: str | Path) -> tuple["RunFolder", dict, dict | None]:
+        """open_for_resume, then continue_from its checkpoint."""
+        folder, scenario, state = cls.open_for_resume(path)
+        folder.continue_from(state)
         return folder, scenario, state
 
     def log(self, message: str) -> None:
@@ -162,7 +197,11 @@ class RunFolder:
         lines = [line for line in text.splitlines() if line.strip()]
         if lines and not text.endswith("\n"):  # a run killed mid-write leaves a partial last line
             lines = lines[:-1]
-        return [json.loads(line) for line in lines]
+        try:
+            return [json.loads(line) for line in lines]
+        except ValueError as err:
+            raise ResumeError(f"{path} has a line that is not JSON ({err}); the run folder is "
+                              f"damaged") from None
 
     def finish(self, summary: dict) -> None:
         """Write summary.json, results.md and curves.png, then mark the run completed."""

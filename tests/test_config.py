@@ -71,3 +71,94 @@ def test_bad_overrides_and_files(tmp_path):
     listed.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ScenarioError, match="expected a mapping"):
         load_scenario(listed)
+
+
+# ---- YAML 1.2 numbers: 1e-3 is a float in every number key, from a file and from --set -------
+from fedgrow_ray.config import SCHEMA  # noqa: E402
+
+
+def schema_number_keys(schema=SCHEMA, prefix=""):
+    """Every key of the scenario schema validated as a number (config.number)."""
+    for key, rule in schema.items():
+        if isinstance(rule, dict):
+            yield from schema_number_keys(rule, f"{prefix}{key}.")
+        elif rule[0].__qualname__ == "number.<locals>.check":
+            yield f"{prefix}{key}"
+
+
+# Number keys of the sections validated by their own modules, with the setting that enables them.
+SECTION_NUMBER_KEYS = [
+    ("data.label_noise", {"data": {"source": "synthetic_text"}}),
+    ("data.partition.alpha", {"data": {"source": "synthetic_text"}}),
+    ("data.partition.sigma", {"data": {"source": "synthetic_text", "partition": {"scheme": "quantity_skew"}}}),
+    ("data.files.test_fraction", {"data": {"source": "files", "files": {"train": "t.csv", "text_column": "text"}}}),
+    ("devices.reference_gflops", {}),
+    *((f"devices.{field}", {}) for field in
+      ("compute_speed", "upload_mbps", "download_mbps", "availability", "memory_mb")),
+    *((f"devices.compute_speed.{key}", {"devices": {"compute_speed": {"dist": dist, **others}}})
+      for dist, key, others in (("constant", "value", {}), ("lognormal", "median", {"sigma": 0.5}),
+                                ("lognormal", "sigma", {"median": 1.0}), ("uniform", "low", {"high": 4.0}),
+                                ("uniform", "high", {"low": 1e-4}), ("choice", "values", {}),
+                                ("choice", "weights", {"values": [1.0]}))),
+]
+NUMBER_KEYS = [(key, {}) for key in schema_number_keys()] + SECTION_NUMBER_KEYS
+
+
+def nested(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def merged(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def lookup(scenario: dict, key: str):
+    for part in key.split("."):
+        scenario = scenario[part]
+    return scenario
+
+
+def test_the_schema_has_the_number_keys_this_test_expects():
+    """Guards against the 1e-3 test below silently covering fewer keys (a renamed validator)."""
+    keys = set(schema_number_keys())
+    assert {"deadline_s", "server.trim_fraction", "training.lr", "hosts.num_cpus", "hosts.memory_mb",
+            "faults.drop_upload", "sampling.fraction", "budget.flops", "model.dropout"} <= keys
+    assert len(keys) >= 19
+
+
+@pytest.mark.parametrize("key, setting", NUMBER_KEYS, ids=[k for k, _ in NUMBER_KEYS])
+@pytest.mark.parametrize("how", ["file", "--set"])
+def test_exponent_notation_is_a_number_in_every_number_key(tmp_path, key, setting, how):
+    """Guards against YAML 1.1's reading of 1e-3 as the string '1e-3' (a dot is needed there),
+    which refuses or mangles an ordinary value such as training.lr: 1e-3."""
+    accepted = 0
+    for text in ("1e-3", "2E0", "-5e+1"):
+        value = float(text)
+        listed = key.endswith((".values", ".weights"))
+        if how == "file":
+            literal = f"[{text}]" if listed else text
+            document = yaml.safe_dump(merged(setting, nested(key, "@@")), sort_keys=False)
+            path = tmp_path / "scenario.yaml"
+            path.write_text(document.replace("'@@'", literal))
+            load = lambda: load_scenario(path)  # noqa: E731
+        else:
+            base = tmp_path / "base.yaml"
+            base.write_text(yaml.safe_dump(setting or {"seed": 0}))
+            load = lambda: load_scenario(base, [f"{key}={f'[{text}]' if listed else text}"])  # noqa: E731
+        try:
+            scenario = load()
+        except ScenarioError as err:  # out of range for this key: it was read as a number
+            assert repr(text) not in str(err) and f"{value!r}" in str(err).replace("[", "").replace("]", ""), str(err)
+            continue
+        got = lookup(scenario, key)
+        if isinstance(got, dict):  # a device field as a number becomes a constant distribution
+            got = got["value"]
+        got = got[0] if listed else got
+        assert got == value and isinstance(got, float), (key, text, got)
+        accepted += 1
+    assert accepted, f"{key} accepted none of 1e-3, 2E0, -5e+1"

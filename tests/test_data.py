@@ -161,7 +161,7 @@ def test_named_dataset_offline_fails_with_one_clear_error(offline_empty_cache, t
         prepare_data({"source": name}, "text" if name == "ag_news" else "image", 2, 0, tmp_path / "cache")
     message = str(err.value)
     assert isinstance(err.value, ValueError) and err.value.__cause__ is None
-    assert f"dataset {name!r}" in message and "not available offline" in message
+    assert f"dataset {name!r}" in message and "not available offline" in message and "\n" not in message
     assert f"python -c \"import datasets; datasets.load_dataset('{hub_id}')\"" in message
     assert "~/.cache/huggingface" in message and "source: files" in message
     assert not list((tmp_path / "cache").glob(f"{name}-*"))

@@ -23,9 +23,8 @@ import yaml
 
 import launch
 from conftest import MEASURED, TINY, simulate, tiny
-from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
-from fedgrow_ray.rounds import LocalExecutor, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTY = ("training.joint_local=true", "model.dropout=0.1",

@@ -30,7 +30,20 @@ def all_methods(tmp_path_factory):
 
 
 def test_every_method_reports_the_same_fields(all_methods):
+    """Guards against a method whose summary or metrics rows lack (or add) a field the others
+    report, which the results table and curves would then read as missing."""
     experiment, summary, rows = all_methods
+    fields = {name: set(result) for name, result in summary["methods"].items()}
+    assert all(keys == fields["fedgrow"] for keys in fields.values()), fields
+    row_fields = {}
+    for row in rows:
+        row_fields.setdefault(row["method"], set()).update(row)
+    # the pooled trainer alone is scored on the global test set (eval.global is off)
+    expected = row_fields["fedgrow"] | {"eval_global_accuracy"}
+    assert row_fields.pop("centralized") == expected
+    assert all(keys == row_fields["fedgrow"] for keys in row_fields.values()), row_fields
+    assert {"sampled", "completed", "failed", "aggregated", "bytes_up", "flops", "eval_accuracy",
+            "train_loss"} <= row_fields["fedgrow"]
     assert list(summary["methods"]) == ["fedgrow", "fedavg_scratch", "independent_growth",
                                         "local_small", "centralized"]
     for name, result in summary["methods"].items():
@@ -51,6 +64,7 @@ def test_every_method_reports_the_same_fields(all_methods):
 
 
 def test_communication_is_what_each_method_shares(all_methods):
+    """Guards against bytes counted for what a method does not send, or a method sending more than its shared state."""
     experiment, summary, rows = all_methods
     methods = summary["methods"]
     global_bytes = 4 * LiGO.parameter_count(experiment.intermediate, experiment.target)
@@ -66,6 +80,7 @@ def test_communication_is_what_each_method_shares(all_methods):
 
 
 def test_trainable_parameters_per_participant(all_methods):
+    """Guards against trainable-parameter counts that include frozen weights or miss Local-LiGO."""
     experiment, summary, _ = all_methods
     methods = summary["methods"]
     global_ligo = LiGO.parameter_count(experiment.intermediate, experiment.target)
@@ -77,11 +92,16 @@ def test_trainable_parameters_per_participant(all_methods):
 
 
 def test_reference_code_protocol_shares_the_averaged_intermediate_model_once(tmp_path):
+    """Guards against the averaged intermediate model being re-sent, re-averaged or trained
+    after round 1 (the frozen check once compared a clone with itself)."""
     scenario = tiny("protocol=reference-code", "rounds=3")
     experiment = experiment_of(scenario, str(tmp_path))
     run = MethodRun(experiment, "fedgrow", LocalExecutor(scenario, str(experiment.data.path)),
                     lambda r: None, lambda m: None)
-    rows = [run.run_round(r, 3) for r in (1, 2, 3)]
+    rows = [run.run_round(1, 3)]
+    frozen = {k: v.clone() for k, v in run.shared.items() if k.startswith("intermediate.")}
+    global_ligo = {k: v.clone() for k, v in run.shared.items() if k.startswith("global_ligo.")}
+    rows += [run.run_round(r, 3) for r in (2, 3)]
     global_bytes = 4 * LiGO.parameter_count(experiment.intermediate, experiment.target)
     intermediate_bytes = 4 * experiment.params(experiment.intermediate)
     assert [r["bytes_up"] for r in rows] == [6 * (global_bytes + intermediate_bytes), 6 * global_bytes,
@@ -89,11 +109,14 @@ def test_reference_code_protocol_shares_the_averaged_intermediate_model_once(tmp
     assert [r["bytes_down"] for r in rows] == [6 * global_bytes, 6 * (global_bytes + intermediate_bytes),
                                                6 * global_bytes]
     assert any(name.startswith("intermediate.") for name in run.shared_names)
-    frozen = {k: v.clone() for k, v in run.shared.items() if k.startswith("intermediate.")}
+    # The averaged intermediate model of round 1 stays frozen through rounds 2 and 3, while
+    # Global-LiGO goes on training on top of it.
     assert frozen and all(torch.equal(run.shared[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(run.shared[k], v) for k, v in global_ligo.items())
 
 
 def test_centralized_is_one_trainer_on_pooled_data_with_the_federations_compute(tmp_path):
+    """Guards against the pooled trainer seeing less data, a smaller shape or other compute than the federation."""
     scenario = tiny("methods=[centralized]", "rounds=1")
     experiment = experiment_of(scenario, str(tmp_path))
     executor = LocalExecutor(scenario, str(experiment.data.path))
@@ -125,6 +148,7 @@ def test_centralized_is_one_trainer_on_pooled_data_with_the_federations_compute(
 
 
 def test_global_evaluation_and_the_majority_reference(tmp_path):
+    """Guards against a majority-class reference or global accuracy computed on the wrong split."""
     scenario = tiny("methods=[fedgrow, local_small]", "rounds=1", "eval.global=true",
                     "data.partition={scheme: dirichlet, alpha: 0.3}")
     experiment = experiment_of(scenario, str(tmp_path))
@@ -148,6 +172,7 @@ def test_global_evaluation_and_the_majority_reference(tmp_path):
 
 
 def test_independent_growth_keeps_every_global_ligo_private(tmp_path):
+    """Guards against independent_growth sending or sharing its Global-LiGO."""
     scenario = tiny("methods=[independent_growth]", "rounds=1")
     experiment = experiment_of(scenario, str(tmp_path))
     executor = LocalExecutor(scenario, str(experiment.data.path))

@@ -1,9 +1,7 @@
 """Real offline data: the digits and WordNet exporters, the files they write as the `files`
 source reads them, and the shipped real-data scenarios' paths."""
 
-import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +9,6 @@ import numpy as np
 import pyarrow.parquet
 import pytest
 import torch
-from PIL import Image
 
 import launch
 from fedgrow_ray.config import load_scenario

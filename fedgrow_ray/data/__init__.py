@@ -41,6 +41,16 @@ The `data:` keys of a scenario (defaults after `=`):
     test_per_participant = 100  each participant's test split, drawn from the test set with its
                             own training label mix
     global_test_size = null     the shared test set: a seeded subset of this size, null = all
+
+Datasets offline: a Hugging Face source must be in the local cache of every node that hosts
+participants. On a machine with internet, either run
+    python -c "import datasets; datasets.load_dataset('fancyzhx/ag_news')"
+and copy its ~/.cache/huggingface to the machine (or point HF_HOME at the copy), or export the
+splits to Parquet,
+    python -c "import datasets; datasets.load_dataset('fancyzhx/ag_news', split='train').to_parquet('train.parquet')"
+(and the same for 'test'), then use source: files with files: {train: train.parquet,
+test: test.parquet, text_column: text, label_column: label} (each dataset's columns: HUB in
+sources.py).
 """
 
 from .partition import PARTITIONERS, partition

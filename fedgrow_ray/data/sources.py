@@ -102,19 +102,17 @@ def load_hub(name: str) -> Raw:
 
 
 def _unavailable_message(name, hub, err):
-    splits = f"{hub.train_split!r}, {hub.test_split!r}"
-    return (
-        f"data.source: dataset {name!r} (Hugging Face {hub.path!r}) is not available offline: it "
-        f"is not in the Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and cannot be "
-        f"downloaded here ({type(err).__name__}: {err}). To provide it, either\n"
-        f"  1. on a machine with internet run\n"
-        f"       python -c \"import datasets; datasets.load_dataset('{hub.path}')\"\n"
-        f"     then copy its ~/.cache/huggingface to this machine (or point HF_HOME at the copy), or\n"
-        f"  2. export the splits ({splits}) to Parquet there, e.g.\n"
-        f"       python -c \"import datasets; datasets.load_dataset('{hub.path}', split='{hub.train_split}')"
-        f".to_parquet('train.parquet')\"\n"
-        f"     and use source: files with files: {{train: train.parquet, test: test.parquet, "
-        f"{hub.family}_column: {hub.input_column}, label_column: {hub.label_column}}}")
+    """One line: what is missing, where it was looked for, and the two ways to provide it
+    (spelled out in this package's docstring, "Datasets offline")."""
+    reason = (str(err).splitlines() or [""])[0]
+    return (f"data.source: dataset {name!r} (Hugging Face {hub.path!r}) is not available offline: it is "
+            f"not in the Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and cannot be "
+            f"downloaded here ({type(err).__name__}: {reason}); on a machine with internet run "
+            f"python -c \"import datasets; datasets.load_dataset('{hub.path}')\" and copy its "
+            f"~/.cache/huggingface here (or point HF_HOME at the copy), or export the splits "
+            f"({hub.train_split!r}, {hub.test_split!r}) to Parquet and use source: files with "
+            f"{hub.family}_column: {hub.input_column}, label_column: {hub.label_column} (see 'Datasets "
+            f"offline' in fedgrow_ray/data/__init__.py)")
 
 
 # ---- local files ----------------------------------------------------------------------------
