@@ -206,8 +206,6 @@ CASES = [
     ("resume: not a run folder", lambda t, f: ["--resume", str(t)], "is not a run folder (no config.yaml)"),
     ("resume: completed run", lambda t, f: ["--resume", str(shutil.copytree(f["finished"], t / "completed"))],
      "is a completed run; there is nothing to resume"),
-    ("resume: no checkpoint", lambda t, f: ["--resume", stopped_run(t, f["finished"], lambda d: (d / "checkpoint.pt").unlink())],
-     "has no checkpoint.pt: the run stopped before its first checkpoint (or checkpoint_every is 0)"),
     ("resume: checkpoint not a checkpoint",
      lambda t, f: ["--resume", stopped_run(t, f["finished"], lambda d: (d / "checkpoint.pt").write_bytes(b"not a checkpoint"))],
      "checkpoint.pt is unreadable"),

@@ -262,20 +262,21 @@ def test_checkpoint_every_writes_on_schedule_and_resume_goes_back_to_the_last(ca
     assert written == [2, 4, 5]
 
 
-def test_checkpoint_every_0_writes_none_and_resume_is_refused(cache, tmp_path, capsys):
-    """Guards against checkpoint_every: 0 still writing checkpoints, or a resume of such a run
-    starting from nothing instead of saying why it cannot."""
+def test_checkpoint_every_0_writes_none_and_resume_starts_over_exactly(cache, tmp_path, capsys):
+    """Guards against checkpoint_every: 0 still writing checkpoints, or a resume of a run with
+    no checkpoint continuing from its half-run state (or its leftover metrics rows) instead of
+    starting again from the beginning and ending as an uninterrupted run does."""
     scenario = tiny("rounds=3", "checkpoint_every=0")
+    reference, reference_rows, _ = whole_run(scenario, cache, tmp_path / "whole")
     folder = crashed_run(scenario, cache, tmp_path / "broken", after_row=("fedgrow", 2))
-    assert not (folder.path / "checkpoint.pt").exists()
-    assert not list((folder.state_dir / "checkpoints").glob("*.pt"))
-    before = {p: p.read_bytes() for p in folder.path.rglob("*") if p.is_file()}
+    assert not (folder.path / "checkpoint.pt").exists() and len(folder.metrics()) == 2
     capsys.readouterr()
-    assert launch.main(["--resume", str(folder.path), "--executor", "local", "--cache", cache]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"error: {folder.path} has no checkpoint.pt: the run stopped before its first checkpoint "
-                   f"(or checkpoint_every is 0); start it again instead\n")
-    assert {p: p.read_bytes() for p in folder.path.rglob("*") if p.is_file()} == before
+    assert launch.main(["--resume", str(folder.path), "--executor", "local", "--cache", cache]) == 0
+    assert "resuming from the start: the run stopped before its first checkpoint" in capsys.readouterr().err
+    assert not (folder.path / "checkpoint.pt").exists()
+    summary = json.loads((folder.path / "summary.json").read_text())
+    assert summary["global_ligo_sha256"] == reference["global_ligo_sha256"]
+    assert results(folder.metrics()) == results(reference_rows)
 
 
 # ---- resume: across a method boundary, with partial sampling, after a half-written row --------
