@@ -244,8 +244,6 @@ def test_checkpoint_every_writes_on_schedule_and_resume_goes_back_to_the_last(ca
     reference, reference_rows, _ = whole_run(scenario, cache, tmp_path / "whole")
     written = []
     folder = crashed_run(scenario, cache, tmp_path / "broken", after_row=("fedgrow", 3))
-    ticks = sorted({int(p.stem.split("-t")[1]) for p in (folder.state_dir / "checkpoints").glob("*.pt")})
-    assert ticks == [2]  # participants' checkpoints only at the driver's (round 2)
     assert [r["round"] for r in folder.metrics()] == [1, 2, 3]
     summary, rows, state = resume(scenario, cache, tmp_path / "broken")
     assert (state["round"], state["metrics_rows"]) == (2, 2)
