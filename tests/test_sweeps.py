@@ -228,6 +228,7 @@ def test_an_out_folder_of_another_sweep_is_refused(tmp_path, capsys):
 
 
 # ---- on Ray --------------------------------------------------------------------------------------
+@pytest.mark.slow  # 8 runs as Tune trials: about 2 minutes alone, 5 on a busy machine
 def test_a_sweep_runs_concurrently_and_each_run_equals_the_run_alone(ray_session, cache, tmp_path):
     """Guards the sweep end to end: 2 settings x 2 seeds as concurrent Tune trials on a local Ray,
     sweep.json with intervals and paired differences that follow from the run folders, and every
