@@ -94,7 +94,7 @@ def driver_died(err: BaseException) -> bool:
 def record_failure(folder: RunFolder, err: BaseException) -> str:
     """The one-line cause of a run that raised, written to its folder unless the driver already
     wrote its own."""
-    first = (str(err).splitlines() or [""])[0]
+    first = (str(err).splitlines() or [""])[0].rstrip(".")
     if driver_died(err):
         cause = f"the driver actor died: {first}"
         folder.fail(cause)

@@ -373,7 +373,7 @@ def test_when_the_driver_dies_launch_says_how_to_resume(ray_session, cache, tmp_
     finally:
         running.kill()
     assert running.returncode == 1, err
-    died = [line for line in err.splitlines() if line.startswith("the driver actor died (")]
+    died = [line for line in err.splitlines() if line.startswith("the driver actor died: ")]
     assert len(died) == 1 and died[0].endswith(f"the run folder keeps its last checkpoint: "
                                                f"python launch.py --resume {out}"), err
     assert "Traceback" not in err
