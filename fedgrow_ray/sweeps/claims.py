@@ -83,7 +83,9 @@ def _describe(document: dict) -> str:
     partition = data["partition"]
     skew = (f"Dirichlet label skew alpha = {partition['alpha']:g}" if partition["scheme"] == "dirichlet"
             else f"partition {partition['scheme']}")
-    source = data["source"] if data["source"] != "files" else f"files ({data['files']['train']})"
+    # a files source by its folder and name (the sweep recorded it absolute, on the machine that ran it)
+    source = data["source"] if data["source"] != "files" else \
+        f"files: {'/'.join(Path(data['files']['train']).parts[-2:])}"
     inter, target = model["intermediate"], model["target"]
     return (f"{model['family']} data `{source}`; {s['participants']} participants, {skew}; small "
             f"{small}, intermediate {inter['width']} x {inter['layers']}, target {target['width']} x "
@@ -193,7 +195,7 @@ def dataset_section(label: str, doc: dict) -> list[str]:
              f"{_wall(doc)} on this project's 2-CPU machine.", "",
              "**The paper's protocol, every method, the same rounds:**", ""]
     lines += _setting_table(doc, PAPER) + [""]
-    if any(s != PAPER and not s.startswith("equal-") for s in _settings(doc)):
+    if any(r["setting"] != PAPER and not r["setting"].startswith("equal-") for r in doc["results"]):
         lines += ["**Protocols and initialisations** (fedgrow and its no-federation twin; `joint`: "
                   "Local-LiGO trained in the rounds, this project's option; `reference-code`: the authors' "
                   "code's protocol; `authors-init`: xavier width and uniform depth initialisation):", ""]
