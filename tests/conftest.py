@@ -1,9 +1,6 @@
 import os
 
 # Nothing in the tests may reach a hub: fail fast instead of hanging on a closed network.
-# Local Ray on the loopback interface; Ray reads this when it is first imported, and test
-# modules (the sweep and cluster tests) import it at collection, before any fixture runs.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -77,6 +74,7 @@ MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_ma
 
 @pytest.fixture(scope="session")
 def ray_session():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; read at import
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
