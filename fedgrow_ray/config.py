@@ -142,6 +142,15 @@ def optional(check):
     return wrapped
 
 
+def _check_swept_key(where: str, dotted, value) -> None:
+    """A key a sweep may vary (sweep.grid, sweep.variants): a dotted scenario key, not the seed,
+    the name or the sweep section itself."""
+    if not isinstance(dotted, str) or not dotted or any(not p for p in dotted.split(".")):
+        _fail(where, dotted, "expected a dotted scenario key such as training.lr")
+    if dotted == "seed" or dotted.split(".")[0] in ("sweep", "name"):
+        _fail(where, value, "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
+
+
 def grid():
     """sweep.grid: {dotted scenario key: [values, ...]}; the keys and values themselves are
     checked when each setting is resolved (fedgrow_ray.sweeps), like any other override."""
@@ -151,10 +160,7 @@ def grid():
         if not isinstance(value, dict):
             _fail(key, value, "expected a mapping {scenario key: [values, ...]}")
         for name, values in value.items():
-            if not isinstance(name, str) or not name or any(not p for p in name.split(".")):
-                _fail(f"{key}.{name}", name, "expected a dotted scenario key such as training.lr")
-            if name == "seed" or name.split(".")[0] in ("sweep", "name"):
-                _fail(f"{key}.{name}", values, "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
+            _check_swept_key(f"{key}.{name}", name, values)
             if not isinstance(values, list) or not values:
                 _fail(f"{key}.{name}", values, "expected a non-empty list of values")
             if len(set(map(repr, values))) != len(values):
@@ -180,11 +186,7 @@ def variants():
             if not isinstance(overrides, dict):
                 _fail(f"{key}.{name}", overrides, "expected a mapping {scenario key: value}")
             for dotted in overrides:
-                if not isinstance(dotted, str) or not dotted or any(not p for p in dotted.split(".")):
-                    _fail(f"{key}.{name}.{dotted}", dotted, "expected a dotted scenario key such as training.lr")
-                if dotted == "seed" or dotted.split(".")[0] in ("sweep", "name"):
-                    _fail(f"{key}.{name}.{dotted}", overrides[dotted],
-                          "seeds are --seeds or sweep.seeds; name and sweep cannot vary")
+                _check_swept_key(f"{key}.{name}.{dotted}", dotted, overrides[dotted])
         return {name: dict(overrides or {}) for name, overrides in value.items()}
     return check
 
