@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY
 from fedgrow_ray.config import resolve_scenario
 from fedgrow_ray.sweeps import summarise
-from fedgrow_ray.sweeps.claims import BEGIN, END, claims_table, main, results_section, update_readme, verdict
+from fedgrow_ray.sweeps.claims import BEGIN, END, _wall, claims_table, main, results_section, update_readme, verdict
 
 
 def test_verdict_follows_the_interval():
@@ -44,6 +44,15 @@ def _document() -> dict:
             "runs": [{"path": f"{r['setting']}/seed-{r['seed']}", "status": "completed", "started": 0.0,
                       "ended": 3600.0} for r in runs],
             **summarise(runs, ["paper", "equal-bytes"])}
+
+
+def test_wall_time_counts_overlapping_runs_once_and_leaves_out_a_pause():
+    """Guards the sweep's stated wall time: two runs side by side count once, and the hours
+    between a stop and a resume are not counted."""
+    runs = [{"started": 0, "ended": 3600}, {"started": 1800, "ended": 5400},   # 1.5 h side by side
+            {"started": 36000, "ended": 37800}, {"pending": True}]          # resumed 8.5 h later
+    assert _wall({"runs": runs}) == "2.0 h"
+    assert _wall({"runs": [{"status": "pending"}]}) == "–"
 
 
 def test_claims_table_states_what_was_measured_and_the_verdict():

@@ -94,11 +94,19 @@ def _describe(document: dict) -> str:
 
 
 def _wall(document: dict) -> str:
-    runs = [r for r in document["runs"] if r.get("started") and r.get("ended")]
-    if not runs:
+    """Wall time during which some run of the sweep was running: the union of the runs'
+    [started, ended] intervals, so that a sweep stopped and resumed later does not count the gap
+    (a resumed run counts from its resume: its time before the stop is left out)."""
+    spans = sorted((r["started"], r["ended"]) for r in document["runs"]
+                   if r.get("started") is not None and r.get("ended") is not None)
+    if not spans:
         return "–"
-    hours = (max(r["ended"] for r in runs) - min(r["started"] for r in runs)) / 3600
-    return f"{hours:.1f} h"
+    total, (low, high) = 0.0, spans[0]
+    for start, end in spans[1:]:
+        if start > high:
+            total, low = total + high - low, start
+        high = max(high, end)
+    return f"{(total + high - low) / 3600:.1f} h"
 
 
 def claims_table(sweeps: dict[str, dict]) -> list[str]:
