@@ -87,6 +87,22 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-cache"))
 
 
+def kill_all(find, attempts: int) -> None:
+    """SIGKILL every process `find()` returns, again until none is left (a dying Ray session
+    can still spawn a worker), at most `attempts` times."""
+    import psutil
+    for _ in range(attempts):
+        procs = find()
+        if not procs:
+            return
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=5)
+
+
 def simulate(ray, scenario, cache, out):
     folder = RunFolder.create(out, scenario)
     summary = launch.run_with_ray(ray, scenario, cache, folder, launch.Progress(open(os.devnull, "w")))

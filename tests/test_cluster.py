@@ -28,7 +28,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, kill_all
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent))
@@ -134,16 +134,7 @@ class TwoNodeCluster:
     def stop(self, sessions=None, remove: bool = True) -> None:
         """Kill this cluster's processes by pid (SIGKILL, like `ray stop --force`, but only these),
         until none is left, then remove its temp dir."""
-        for _ in range(5):
-            procs = self.processes(sessions)
-            if not procs:
-                break
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=5)
+        kill_all(lambda: self.processes(sessions), attempts=5)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import launch
-from conftest import MEASURED, TINY, simulate, tiny
+from conftest import MEASURED, TINY, kill_all, simulate, tiny
 from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
 
@@ -258,16 +258,7 @@ class Launched:
     def kill(self) -> None:
         """SIGKILL every process of the session, until none is left (launch.py, the driver,
         the hosts, gcs, raylet, Ray's agents)."""
-        for _ in range(20):
-            procs = self.processes()
-            if not procs:
-                break
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=5)
+        kill_all(self.processes, attempts=20)
         self.proc.wait(timeout=30)
         assert not self.processes(), "processes of the killed run are still alive"
 
