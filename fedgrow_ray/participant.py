@@ -45,6 +45,7 @@ from torch import nn
 from .experiment import Experiment
 from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
+from .privacy.attacks import MembershipAudit
 from .privacy.mechanisms import ParticipantPrivacy
 from .training import Cancelled, batch_stream, derive_seed, make_optimiser, predict, train_steps
 
@@ -273,6 +274,7 @@ class ParticipantHost:
         self.evicted: dict[int, str | None] = {}  # by this process: their version (None: spilled)
         self.methods: dict[str, Method] = {}
         self.privacy = ParticipantPrivacy(scenario)
+        self._audit: MembershipAudit | None = None  # privacy.attack, built on first use
         self.stats = {"spilled": 0, "reloaded": 0, "restored": 0, "lost": 0}
 
     def participant(self, pid: int) -> Participant:
@@ -448,10 +450,21 @@ class ParticipantHost:
                     if global_test is not None:
                         labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
                         result["global_accuracy"] = accuracy(labels, predictions)
+                    if final and self.experiment.scenario["privacy"]["attack"] is not None:
+                        result.update(self._membership(method, owner, state, shared))
                 if finished:
                     self._persist(owner, state_version(method_name), checkpointed)
             results.append({**result, "version": owner.version})
         return results
+
+    def _membership(self, method: Method, owner: Participant, state, shared) -> dict:
+        """privacy.attack: membership inference against the participant's deployed model and
+        against what the server holds (privacy/attacks.py); measurements only."""
+        if self._audit is None:
+            self._audit = MembershipAudit(self.experiment, self.device)
+        model = method.standalone_model(owner, state, shared)
+        return {**self._audit.deployed(model, owner.id),
+                **self._audit.server(shared, method.initial_shared(), owner.id)}
 
     def _final_state(self, method: Method, owner: Participant, shared, final: bool):
         """The participant's state for `method`, after the end-of-run step when `final`; and

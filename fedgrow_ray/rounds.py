@@ -29,6 +29,7 @@ from .experiment import CENTER, Experiment
 from .methods import get_method
 from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
+from .privacy.attacks import KEYS as MEMBERSHIP_KEYS
 from .privacy.mechanisms import ServerPrivacy, active as privacy_active
 from .training import derive_seed
 
@@ -559,6 +560,9 @@ class MethodRun:
                   "participants": len(results)}
         if any("global_accuracy" in r for r in results):
             scores["global_accuracy"] = _mean([r.get("global_accuracy") for r in results])
+        for key in MEMBERSHIP_KEYS:  # privacy.attack, at the final evaluation: mean over participants
+            if any(key in r for r in results):
+                scores[key] = _mean([r.get(key) for r in results])
         return {**scores, "per_participant": results}
 
     # ---- the whole method ---------------------------------------------------------------------
@@ -596,6 +600,8 @@ class MethodRun:
             "shared_sha256": state_sha256(self.shared) if self.shared else None,
             "dp_epsilon": self.dp_epsilon(),
             "dp_delta": (self.scenario["privacy"]["dp"] or {}).get("delta"),
+            **({key: final.get(key) for key in MEMBERSHIP_KEYS}
+               if self.scenario["privacy"]["attack"] is not None else {}),
             "shared_tensor_names": sorted(self.shared_names),
         }
 

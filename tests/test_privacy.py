@@ -11,11 +11,13 @@ import torch
 from dp_accounting import rdp
 
 import launch
-from conftest import MEASURED, tiny
+from conftest import MEASURED, tiny, toy_batch
 from fedgrow_ray.config import ScenarioError
 from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
+from fedgrow_ray.models import Shape
 from fedgrow_ray.privacy import secure_aggregation as sa
+from fedgrow_ray.privacy.attacks import KEYS as MIA_KEYS, roc, sample_losses
 from fedgrow_ray.privacy.accountant import central_epsilon, local_epsilon, noise_for_epsilon
 from fedgrow_ray.privacy.dp import global_norm
 from fedgrow_ray.privacy.mechanisms import ParticipantPrivacy, ServerPrivacy
@@ -89,11 +91,11 @@ def test_epsilon_is_the_accountant_librarys_answer():
     assert central_epsilon([(6, sigma)] * 5, 6, delta) == full.get_epsilon(delta)
     assert local_epsilon(5, sigma, delta) == full.get_epsilon(delta)
     # Calibration: the computed sigma spends the target, and a little less noise spends more.
-    for local in (False, True):
-        found = noise_for_epsilon(3.0, delta, 5, 6, 3, local)
-        spent = local_epsilon(5, found, delta) if local else central_epsilon([(3, found)] * 5, 6, delta)
+    for local, sample in ((False, 6), (True, 6), (False, 3)):
+        found = noise_for_epsilon(3.0, delta, 5, 6, sample, local)
+        spent = local_epsilon(5, found, delta) if local else central_epsilon([(sample, found)] * 5, 6, delta)
         assert spent == pytest.approx(3.0, rel=1e-3)
-        less = local_epsilon(5, found * 0.95, delta) if local else central_epsilon([(3, found * 0.95)] * 5, 6, delta)
+        less = local_epsilon(5, found * 0.95, delta) if local else central_epsilon([(sample, found * 0.95)] * 5, 6, delta)
         assert less > 3.0
 
 
@@ -174,9 +176,9 @@ def local_run(scenario, cache, out, stop_after=None):
     return launch.run_locally(scenario, data, folder, QUIET, resume=True), folder.metrics(), folder
 
 
-PRIVATE = ("methods=[fedgrow,fedavg_scratch,local_small]", "rounds=3", "participants=6", "sampling.count=4",
+PRIVATE = ("methods=[fedgrow,fedavg_scratch,local_small]", "rounds=2", "participants=6", "sampling.count=4",
            "privacy.dp={target_epsilon: 8, noise: distributed, clip: 0.5}", "privacy.secure_aggregation={}",
-           "faults.drop_upload=0.2")
+           "faults.drop_upload=0.2", "privacy.attack={samples: 16, reference_steps: 5, proxy_steps: 5}")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +193,7 @@ def test_epsilon_in_every_row_and_in_the_summary(private_run):
     written = json.loads((folder.path / "summary.json").read_text())["methods"]
     for method in ("fedgrow", "fedavg_scratch"):
         eps = [r["dp_epsilon"] for r in rows if r["method"] == method]
-        assert len(eps) == 3 and all(0 < a < b for a, b in zip(eps, eps[1:]))
+        assert len(eps) == 2 and all(0 < a < b for a, b in zip(eps, eps[1:]))
         assert written[method]["dp_epsilon"] == eps[-1] and written[method]["dp_delta"] == 1e-5
     assert {r["dp_epsilon"] for r in rows if r["method"] == "local_small"} == {0.0}
     masked = [r for r in rows if r["method"] != "local_small"]
@@ -230,6 +232,7 @@ def test_driver_holds_only_masked_updates(cache):
         runs["masked"].privacy.check_arrival(arrived["plain"][0])
 
 
+@pytest.mark.slow
 def test_private_run_is_deterministic_and_resumes_exactly(private_run, cache, tmp_path):
     """Noise, masks or the accountant's history not restored from the checkpoint (or drawn
     from anything but the seed) breaks this: interrupted after fedavg_scratch's round 1 and
@@ -244,3 +247,60 @@ def test_private_run_is_deterministic_and_resumes_exactly(private_run, cache, tm
     for row, expected in zip(rows, reference_rows):
         keys = (row.keys() | expected.keys()) - MEASURED - {"secagg_s"}
         assert {k: row.get(k) for k in keys} == {k: expected.get(k) for k in keys}
+
+
+# ---- membership inference ---------------------------------------------------------------------
+def memorising_task(family, n, seed):
+    """Inputs with labels drawn independently of them: only memorising can fit them."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = toy_batch(family, n, generator)
+    batch["labels"] = torch.randint(0, family.num_classes, (n,), generator=generator)
+    return batch
+
+
+def trained(family, batch, steps, seed):
+    torch.manual_seed(seed)
+    model = family.build(Shape(32, 2, 2), seed=seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def test_attacks_fail_on_an_unseen_model_and_succeed_on_an_overfitted_one(text_family):
+    """An attack that always reports success (or never can) breaks this: its AUC is ~0.5 on a
+    model that never saw the members and clearly above 0.5 on one that memorised them, for the
+    loss attack and the calibrated one; AUC and TPR agree with scikit-learn's ROC."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    members, others = memorising_task(text_family, 64, 1), memorising_task(text_family, 64, 2)
+    reference = trained(text_family, memorising_task(text_family, 64, 3), 150, 3)
+    logits = lambda model: (lambda b: model(**b).logits)  # noqa: E731
+    ref_in, ref_out = sample_losses(logits(reference), [members]), sample_losses(logits(reference), [others])
+    for label, model, lower, upper in (("unseen", trained(text_family, memorising_task(text_family, 64, 4), 150, 4), 0.35, 0.65),
+                                       ("overfitted", trained(text_family, members, 150, 5), 0.7, 1.0)):
+        loss_in, loss_out = sample_losses(logits(model), [members]), sample_losses(logits(model), [others])
+        for scores_in, scores_out in ((-loss_in, -loss_out), (ref_in - loss_in, ref_out - loss_out)):
+            auc, tpr = roc(scores_in, scores_out)
+            assert lower <= auc <= upper, (label, auc)
+            truth, scores = np.r_[np.ones(64), np.zeros(64)], np.r_[scores_in, scores_out]
+            assert auc == pytest.approx(roc_auc_score(truth, scores))
+            fpr, tprs, _ = roc_curve(truth, scores)
+            assert tpr == pytest.approx(tprs[fpr <= 0.01].max())
+
+
+def test_attacks_reported_per_method(private_run):
+    """The membership numbers missing from summary.json, or a server-side number for a method
+    that sends nothing, breaks this."""
+    summary, rows, _ = private_run
+    methods = summary["methods"]
+    for name in ("fedgrow", "fedavg_scratch", "local_small"):
+        for key in ("mia_auc", "mia_tpr_at_1fpr", "mia_calibrated_auc"):
+            assert 0.0 <= methods[name][key] <= 1.0, (name, key)
+    for name in ("fedgrow", "fedavg_scratch"):
+        assert 0.0 <= methods[name]["server_mia_auc"] <= 1.0 and 0.0 <= methods[name]["server_mia_calibrated_auc"] <= 1.0
+    assert methods["local_small"]["server_mia_auc"] is None
+    final = [r for r in rows if r["method"] == "fedgrow"][-1]
+    assert set(f"eval_{k}" for k in MIA_KEYS) <= set(final)

@@ -25,6 +25,9 @@ knows who it asked), composed over the rounds it took part in; the worst partici
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+
 import dp_accounting
 from dp_accounting import rdp
 
@@ -40,11 +43,17 @@ def _event(population: int, sample_size: int, noise_multiplier: float):
 
 def central_epsilon(history: list[tuple[int, float]], population: int, delta: float) -> float:
     """Epsilon at `delta` after the rounds in `history`, each (sample size, noise multiplier
-    sigma, std of the noise in the sum / C)."""
+    sigma, std of the noise in the sum / C). Rounds of the same event are composed together
+    (the accountant's cost is per distinct event, not per round)."""
+    events = Counter((int(size), float(sigma)) for size, sigma in history if size > 0)
+    return _epsilon(tuple(sorted(events.items())), population, delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(events: tuple, population: int, delta: float) -> float:
     accountant = rdp.RdpAccountant(neighboring_relation=REPLACE_ONE)
-    for sample_size, sigma in history:
-        if sample_size > 0:
-            accountant.compose(_event(population, sample_size, sigma))
+    for (sample_size, sigma), count in events:
+        accountant.compose(_event(population, sample_size, sigma), count)
     return float(accountant.get_epsilon(delta))
 
 
