@@ -304,3 +304,20 @@ def test_attacks_reported_per_method(private_run):
     assert methods["local_small"]["server_mia_auc"] is None
     final = [r for r in rows if r["method"] == "fedgrow"][-1]
     assert set(f"eval_{k}" for k in MIA_KEYS) <= set(final)
+
+
+def test_privacy_report_only_when_privacy_is_measured(tmp_path):
+    """A sweep without privacy getting a privacy.md (or one with it getting none, or a table
+    missing a setting's epsilon) breaks this."""
+    from fedgrow_ray.privacy.report import write_privacy_report
+
+    def run(setting, seed, eps, auc):
+        method = {"accuracy_mean": 0.5 + seed / 100, "dp_epsilon": eps, "mia_auc": auc, "mia_calibrated_auc": auc,
+                  "server_mia_calibrated_auc": auc, "bytes_up_total": 2**20, "bytes_down_total": 0, "wall_s": 3.0}
+        return {"setting": setting, "seed": seed, "summary": {"methods": {"fedgrow": method}}}
+    plain = [run("none", s, None, None) for s in (0, 1)]
+    assert write_privacy_report(tmp_path, plain) == "" and not (tmp_path / "privacy.md").exists()
+    measured = plain + [run("eps-10", s, 9.5, 0.6) for s in (0, 1)]
+    text = write_privacy_report(tmp_path, measured)
+    assert "| eps-10 | fedgrow | 2 | 9.500" in text and "| none | fedgrow | 2 | – |" in text
+    assert (tmp_path / "privacy.md").read_text() == text and (tmp_path / "privacy.png").stat().st_size > 0
