@@ -52,18 +52,20 @@ def test_clipping_bounds_every_contribution():
     assert global_norm({k: new[k].double() - received[k].double() for k in received}) <= 0.5 * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("noise", ["central", "local"])
+@pytest.mark.parametrize("noise", ["central", "local", "distributed"])
 def test_noise_std_of_the_aggregate_is_sigma_c_over_expected_count(noise):
-    """Noise of the wrong scale (not sigma*C on the sum, or not divided by the expected count)
-    breaks this: the empirical std over many draws matches the mechanism's."""
+    """Noise of the wrong scale (not sigma*C on the sum, or not divided by the expected count;
+    distributed shares that do not add up to sigma*C) breaks this: the empirical std over many
+    draws matches the mechanism's."""
     sigma, clip, count = 1.5, 0.5, 4
     scenario = tiny("participants=8", f"sampling.count={count}",
-                    f"privacy.dp={{noise_multiplier: {sigma}, clip: {clip}, noise: {noise}}}")
+                    f"privacy.dp={{noise_multiplier: {sigma}, clip: {clip}, noise: {noise}}}",
+                    *(["privacy.secure_aggregation={}"] if noise == "distributed" else []))
     participant, server = ParticipantPrivacy(scenario), ServerPrivacy(scenario, "fedgrow")
-    received = {"global_ligo.w": torch.zeros(50, dtype=torch.float64)}
+    received = {"global_ligo.w": torch.zeros(250, dtype=torch.float64)}
     draws = []
-    for round_number in range(1, 201):
-        arrivals = [(pid, participant.leaving(pid, "fedgrow", round_number, received, received, None))
+    for round_number in range(1, 41):
+        arrivals = [(pid, participant.leaving(pid, "fedgrow", round_number, received, received, list(range(count))))
                     for pid in range(count)]
         new, _ = server.aggregate(received, arrivals, round_number, count, list(range(count)), list(range(count)))
         draws.append(new["global_ligo.w"])
