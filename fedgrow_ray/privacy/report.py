@@ -72,7 +72,7 @@ def plot(runs: list[dict], path: Path) -> None:
             xs = sorted(points)
             left.plot(xs, [np.mean(points[x]) for x in xs], marker="o", label=method)
     left.set_xscale("log")
-    left.set_xlabel(f"epsilon spent (no DP drawn at {infinity:g})")
+    left.set_xlabel(f"epsilon spent (no DP drawn at {infinity:g}; settings at one epsilon averaged)")
     left.set_ylabel("accuracy (mean over participants)")
     left.set_title("privacy-utility")
     left.legend()
