@@ -92,8 +92,8 @@ def check_privacy_spec(raw: dict | None) -> dict:
         dp["delta"] = _number("dp.delta", dp["delta"], above=0, high=0.1)
         given = [k for k in ("noise_multiplier", "target_epsilon") if dp[k] is not None]
         if len(given) != 1:
-            raise ValueError(f"scenario key 'privacy.dp': {given or 'neither'} of noise_multiplier and "
-                             f"target_epsilon given; set exactly one (the other is computed)")
+            raise ValueError(f"scenario key 'privacy.dp': {'both' if given else 'neither'} of noise_multiplier "
+                             f"and target_epsilon given; set exactly one (the other is computed)")
         dp[given[0]] = _number(f"dp.{given[0]}", dp[given[0]], above=0)
         if dp["noise"] not in DP_NOISE:
             raise ValueError(f"scenario key 'privacy.dp.noise': {dp['noise']!r} is not allowed; "
