@@ -12,6 +12,7 @@
     attacks.py             membership inference (an evaluation, not a mechanism): loss-threshold
                            and calibrated attacks on each participant's model and on what the
                            server holds
+    report.py              a sweep's privacy.md and privacy.png (epsilon, accuracy, attack AUCs)
 
 The scenario's `privacy:` keys (defaults after `=`; see check_privacy_spec):
 

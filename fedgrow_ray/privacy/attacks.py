@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.store import Shard
 from ..dual_ligo import GLOBAL_PREFIX, run_grown, state_sha256, strip_prefix
 from ..ligo import LiGO
 from ..training import batch_stream, derive_seed, make_optimiser, to_device, train_steps
@@ -120,7 +121,6 @@ class MembershipAudit:
 
     def population(self, pid: int):
         """Training data of the participants in the other fold than `pid` (never its own)."""
-        from ..data.store import Shard
         others = [p for p in self.exp.participant_ids if p % 2 != pid % 2] or \
                  [p for p in self.exp.participant_ids if p != pid]
         trains = [self.exp.participant_data(p).train for p in others]
