@@ -52,8 +52,9 @@ class ParticipantActor:
         return self._shared
 
     def train(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None,
-              expected=None):
-        return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected)
+              expected=None, cohort=None):
+        return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected,
+                               cohort)
 
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None,
                  expected=None):

@@ -201,7 +201,7 @@ class RayExecutor:
         return results, failures
 
     def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
-              expected=None):
+              expected=None, cohort=None):
         shared_ref = [ray.put(shared)] if shared is not None else [None]
         calls = []
         for pid in pids:  # one call per participant: progress per participant, sticky hosts
@@ -209,7 +209,7 @@ class RayExecutor:
             self.held[index].add(pid)
             mine = None if expected is None else {pid: expected[pid]}
             calls.append(Call(index, [pid], lambda a=self.actors[index], p=pid, e=mine:
-                              a.train.remote(method, round_number, [p], shared_ref, sleep_s, e)))
+                              a.train.remote(method, round_number, [p], shared_ref, sleep_s, e, cohort)))
         # Fault injection: the hosts die while the round runs, right after the work is sent.
         return self._gather(calls, on_done, (lambda: self._kill(kill_hosts)) if kill_hosts else None)
 

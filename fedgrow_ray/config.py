@@ -253,6 +253,11 @@ def _devices_spec(value):
     return check_devices_spec(value)
 
 
+def _privacy_spec(value):
+    from .privacy import check_privacy_spec
+    return check_privacy_spec(value)
+
+
 # ---- the schema: key -> (validator, default); a nested dict is a section ----------------------
 SCHEMA = {
     "name": (text(), None),
@@ -349,6 +354,7 @@ SCHEMA = {
     },
     "data": (external(_data_spec, "data"), {"source": "synthetic_text"}),
     "devices": (external(_devices_spec, "devices"), {}),
+    "privacy": (external(_privacy_spec, "privacy"), {}),  # see fedgrow_ray/privacy/__init__.py
     # Not part of a run: what launch.py sweeps over (see load_sweep and fedgrow_ray.sweeps).
     "sweep": {
         "seeds": (optional(list_of(integer(0), unique=True)), None),  # null: [seed]
@@ -414,6 +420,10 @@ def _check_together(s: dict) -> None:
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
     _check_faults(s)
+    from .privacy import check_privacy_scenario
+    problem = check_privacy_scenario(s)
+    if problem:
+        raise ScenarioError(problem)
     template = model["checkpoints"]
     if template is not None:
         try:

@@ -45,6 +45,8 @@ from torch import nn
 from .experiment import Experiment
 from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
+from .privacy.attacks import MembershipAudit
+from .privacy.mechanisms import ParticipantPrivacy
 from .training import Cancelled, batch_stream, derive_seed, make_optimiser, predict, train_steps
 
 # `expected` version of a participant the caller does not know (a host used on its own, as in
@@ -271,6 +273,8 @@ class ParticipantHost:
         self.participants: OrderedDict[int, Participant] = OrderedDict()  # resident, LRU first
         self.evicted: dict[int, str | None] = {}  # by this process: their version (None: spilled)
         self.methods: dict[str, Method] = {}
+        self.privacy = ParticipantPrivacy(scenario)
+        self._audit: MembershipAudit | None = None  # privacy.attack, built on first use
         self.stats = {"spilled": 0, "reloaded": 0, "restored": 0, "lost": 0}
 
     def participant(self, pid: int) -> Participant:
@@ -371,11 +375,14 @@ class ParticipantHost:
 
     def train(self, method_name: str, round_number: int, pids: list[int], shared: dict | None,
               sleep_s: dict[int, float] | None = None,
-              expected: dict[int, tuple[str | None, str | None]] | None = None) -> list[dict]:
+              expected: dict[int, tuple[str | None, str | None]] | None = None,
+              cohort: list[int] | None = None) -> list[dict]:
         """Run each participant's local training for this round, one after another. `expected`
         gives, per participant, the version of its state to start from and the version the
         driver's last checkpoint names (kept on the store); without it, whatever the host holds.
-        Returns, per participant: its id, its update (shared tensors only), sample count, mean
+        `cohort` is the round's participants (secure aggregation masks against each of them).
+        Returns, per participant: its id, its update (shared tensors only, as privacy.mechanisms
+        lets it leave: clipped, noised, masked), sample count, mean
         training loss, measured wall time, the version its state now is and where the state it
         started from came from (see _take)."""
         method = self.method(method_name)
@@ -392,6 +399,8 @@ class ParticipantHost:
                     update, loss = method.train(participant, state, shared, round_number)
                     if update is not None:  # what leaves the host is always in CPU memory
                         update = {name: tensor.cpu() for name, tensor in update.items()}
+                        update = self.privacy.leaving(pid, method.stream, round_number, update,
+                                                      shared, cohort)
                 self._persist(participant, version, checkpointed)
                 if sleep_s and sleep_s.get(pid):
                     self._sleep(sleep_s[pid])
@@ -441,10 +450,21 @@ class ParticipantHost:
                     if global_test is not None:
                         labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
                         result["global_accuracy"] = accuracy(labels, predictions)
+                    if final and self.experiment.scenario["privacy"]["attack"] is not None:
+                        result.update(self._membership(method, owner, state, shared))
                 if finished:
                     self._persist(owner, state_version(method_name), checkpointed)
             results.append({**result, "version": owner.version})
         return results
+
+    def _membership(self, method: Method, owner: Participant, state, shared) -> dict:
+        """privacy.attack: membership inference against the participant's deployed model and
+        against what the server holds (privacy/attacks.py); measurements only."""
+        if self._audit is None:
+            self._audit = MembershipAudit(self.experiment, self.device)
+        model = method.standalone_model(owner, state, shared)
+        return {**self._audit.deployed(model, owner.id),
+                **self._audit.server(shared, method.initial_shared(), owner.id)}
 
     def _final_state(self, method: Method, owner: Participant, shared, final: bool):
         """The participant's state for `method`, after the end-of-run step when `final`; and

@@ -29,6 +29,8 @@ from .experiment import CENTER, Experiment
 from .methods import get_method
 from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
+from .privacy.attacks import KEYS as MEMBERSHIP_KEYS
+from .privacy.mechanisms import ServerPrivacy, active as privacy_active
 from .training import derive_seed
 
 
@@ -61,10 +63,12 @@ class Executor(Protocol):
 
     def train(self, method: str, round_number: int, pids: list[int], shared: dict | None,
               sleep_s: dict[int, float] | None, on_done: Callable[[int], None] | None,
-              kill_hosts: list[int], expected: dict | None) -> tuple[list[dict], dict[int, str]]:
+              kill_hosts: list[int], expected: dict | None, cohort: list[int] | None = None
+              ) -> tuple[list[dict], dict[int, str]]:
         """Results per participant that finished, and {participant: reason} for failures.
         `kill_hosts` (fault injection) names hosts that die while the round runs; `expected`
-        is StateVersions.expected for the participants."""
+        is StateVersions.expected for the participants; `cohort` is passed to every host
+        (ParticipantHost.train)."""
 
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
                  subject: int | None = None, expected: dict | None = None
@@ -88,7 +92,7 @@ class LocalExecutor:
         self.restarts = 0
 
     def train(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
-              expected=None):
+              expected=None, cohort=None):
         results = []
         for position, pid in enumerate(pids):
             if kill_hosts and position == min(1, len(pids) - 1):
@@ -97,7 +101,7 @@ class LocalExecutor:
                 self.host = ParticipantHost(*self._host_args)
                 self.restarts += 1
             results += self.host.train(method, round_number, [pid], shared, sleep_s,
-                                       None if expected is None else {pid: expected[pid]})
+                                       None if expected is None else {pid: expected[pid]}, cohort)
             if on_done:
                 on_done(len(results))
         return results, {}
@@ -187,6 +191,9 @@ class MethodRun:
         self._majority: dict[int, float] = {}
         self._lost = 0  # participants whose state was not found this round (rebuilt from scratch)
         self._restarts_before = 0
+        # privacy.dp / privacy.secure_aggregation, for a method that shares (privacy/mechanisms.py)
+        self.privacy = (ServerPrivacy(self.scenario, self.method.stream)
+                        if self.method.shares and privacy_active(self.scenario) else None)
         if resume is not None:
             self.shared, self.round = resume["shared"], resume["round"]
             self.shared_names = set(resume["shared_names"])
@@ -194,13 +201,16 @@ class MethodRun:
             self.sampled = {int(k): v for k, v in resume["sampled"].items()}
             self.changed_round, self.received = dict(resume["changed_round"]), dict(resume["received"])
             self.set_up, self.stopped = set(resume["set_up"]), resume["stopped"]
+            if self.privacy is not None:
+                self.privacy.restore(resume["privacy"])
 
     def snapshot(self) -> dict:
         """What the driver checkpoints for this method after a round."""
         return {"shared": self.shared, "round": self.round, "shared_names": sorted(self.shared_names),
                 "totals": dict(self.totals), "last_eval": self.last_eval, "sampled": dict(self.sampled),
                 "changed_round": dict(self.changed_round), "received": dict(self.received),
-                "set_up": sorted(self.set_up), "stopped": self.stopped}
+                "set_up": sorted(self.set_up), "stopped": self.stopped,
+                "privacy": self.privacy.snapshot() if self.privacy is not None else None}
 
     def download_bytes(self, pid: int) -> int:
         have = self.received.get(pid, -1)
@@ -380,9 +390,15 @@ class MethodRun:
 
         kill = [f["host"] for f in self.scenario["faults"]["kill_host"]
                 if f["round"] == round_number and f["method"] in (None, self.method.name)]
+        masked = self.privacy is not None and self.privacy.masked
         results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
-                                                sleep_s, on_done, kill, self.versions.expected(kept))
+                                                sleep_s, on_done, kill, self.versions.expected(kept),
+                                                cohort=kept if masked else None)
         results.sort(key=lambda r: r["id"])  # arrival order varies; float sums must not
+        if self.privacy is not None:  # where updates arrive: masked ones only, under secure aggregation
+            for result in results:
+                if result["update"] is not None:
+                    self.privacy.check_arrival(result["update"])
         self._accept(results, f"round {round_number}")
         self._corrupt(results, round_number)
         lost = self._lost_uploads(results, round_number)
@@ -392,31 +408,47 @@ class MethodRun:
             self.shared_names.update(lost_upload["update"])  # it left the participant all the same
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} round {round_number}: participant {pid} failed: {reason}")
-        accepted, rejected = [], 0
+        accepted, accepted_ids, rejected = [], [], 0
         for result in results:
             update = result["update"]
             if update is None:
                 continue
             self.shared_names.update(update)
-            problem = self.method.check(update, self.shared, self.scenario["server"]["max_update_norm"])
+            # A masked update cannot be checked one by one (the server sees only the sum).
+            problem = None if masked else self.method.check(update, self.shared,
+                                                            self.scenario["server"]["max_update_norm"])
             if problem:
                 rejected += 1
                 self.log(f"{self.method.name} round {round_number}: update of participant "
                          f"{result['id']} rejected: {problem}")
             else:
                 accepted.append((update, result["samples"]))
+                accepted_ids.append(result["id"])
         bytes_down = sum(plan["download"].values())
         for pid in plan["reachable"]:
             self.received[pid] = round_number - 1
+        privacy_cost = {"bytes_up": 0, "bytes_down": 0, "secagg_s": 0.0}
         if self.method.shares:
-            if accepted:
+            aggregated = None
+            if accepted and self.privacy is not None:
+                aggregated, privacy_cost = self.privacy.aggregate(
+                    self.shared, list(zip(accepted_ids, [u for u, _ in accepted])), round_number,
+                    len(plan["asked"]), kept, [r["id"] for r in results + lost])
+                if privacy_cost["problem"]:
+                    self.log(f"{self.method.name} round {round_number}: {privacy_cost['problem']}; "
+                             f"the shared state is unchanged")
+            elif accepted:
                 aggregated = self.method.aggregate(self.shared, accepted)
-                self.shared = {**self.shared, **aggregated}
-                self.changed_round.update({name: round_number for name in aggregated})
             else:
                 self.log(f"{self.method.name} round {round_number}: no update arrived in time; "
                          f"the shared state is unchanged")
-        bytes_up = sum(state_bytes(r["update"]) for r in results + lost)
+            if aggregated is not None:
+                self.shared = {**self.shared, **aggregated}
+                self.changed_round.update({name: round_number for name in aggregated})
+        upload = self.privacy.upload_bytes if self.privacy is not None else state_bytes
+        bytes_up = sum(upload(r["update"]) for r in results + lost if r["update"] is not None)
+        bytes_up += privacy_cost["bytes_up"]
+        bytes_down += privacy_cost["bytes_down"]
         self.set_up.update(plan["newcomers"])
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
@@ -435,7 +467,10 @@ class MethodRun:
             "flops": plan["flops"], "setup_sim_s": plan["setup_sim_s"], "sim_time_s": plan["round_time_s"],
             "train_loss": (float(np.average([r["train_loss"] for r in results], weights=samples))
                            if results and sum(samples) else None),
+            "dp_epsilon": self.dp_epsilon(),
         }
+        if masked:
+            row["secagg_s"] = privacy_cost["secagg_s"]
         hosts = [r["host_memory"] for r in results if r.get("host_memory")]
         if hosts:  # how the participants were hosted: measurements, not results
             row["host_rss_mb_max"] = max(h["rss_mb"] for h in hosts)
@@ -464,7 +499,8 @@ class MethodRun:
         row = {"method": self.method.name, "round": 0, "sampled": 0, "completed": 0,
                "dropped_deadline": 0, "over_selected": 0, "unavailable": 0, "excluded_memory": 0,
                "failed": 0, "rejected": 0, "aggregated": 0, "bytes_up": 0, "bytes_down": 0,
-               "flops": 0.0, "setup_sim_s": 0.0, "sim_time_s": 0.0, "train_loss": None}
+               "flops": 0.0, "setup_sim_s": 0.0, "sim_time_s": 0.0, "train_loss": None,
+               "dp_epsilon": self.dp_epsilon()}
         self._close(row, final, True, start)
         self.stopped = True
         return row
@@ -489,6 +525,14 @@ class MethodRun:
         self.totals["wall_s"] += row["wall_s"]
         self.stopped = final
         self.record(row)
+
+    def dp_epsilon(self) -> float | None:
+        """Privacy spent so far under privacy.dp (accountant.py): the method's accountant when it
+        shares, 0 when it sends nothing (independent_growth, local_small), None without DP or
+        for the pooled centralized reference (it is given everyone's data)."""
+        if self.scenario["privacy"]["dp"] is None or self.method.centralized:
+            return None
+        return self.privacy.epsilon() if self.privacy is not None else 0.0
 
     def majority(self, pid: int) -> float:
         """The majority-class reference of a participant: its training split's most frequent
@@ -516,6 +560,9 @@ class MethodRun:
                   "participants": len(results)}
         if any("global_accuracy" in r for r in results):
             scores["global_accuracy"] = _mean([r.get("global_accuracy") for r in results])
+        for key in MEMBERSHIP_KEYS:  # privacy.attack, at the final evaluation: mean over participants
+            if any(key in r for r in results):
+                scores[key] = _mean([r.get(key) for r in results])
         return {**scores, "per_participant": results}
 
     # ---- the whole method ---------------------------------------------------------------------
@@ -551,6 +598,10 @@ class MethodRun:
             "per_participant_global_accuracy": (by_id("global_accuracy") if "global_accuracy" in final
                                                 else None),
             "shared_sha256": state_sha256(self.shared) if self.shared else None,
+            "dp_epsilon": self.dp_epsilon(),
+            "dp_delta": (self.scenario["privacy"]["dp"] or {}).get("delta"),
+            **({key: final.get(key) for key in MEMBERSHIP_KEYS}
+               if self.scenario["privacy"]["attack"] is not None else {}),
             "shared_tensor_names": sorted(self.shared_names),
         }
 

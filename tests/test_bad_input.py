@@ -164,6 +164,13 @@ CASES = [
      "error: scenario key 'faults.bad_update[0].kind': 'zeros' is not allowed; allowed: ['nan', 'inf', "),
     ("drop probability", lambda t, f: ["--set", "faults.drop_upload=1.5"],
      "error: scenario key 'faults.drop_upload': 1.5 is not allowed; expected a number >= 0.0 and <= 1.0"),
+    # privacy
+    ("secure aggregation with a median", lambda t, f: ["--set", "server.aggregator=median",
+                                                       "--set", "privacy.secure_aggregation={}"],
+     "error: scenario key 'server.aggregator': 'median' is not allowed with privacy.secure_aggregation; a median "
+     "or trimmed mean needs each update, and the server sees only their sum; use fedavg"),
+    ("DP without its noise", lambda t, f: ["--set", "privacy.dp={clip: 1}"],
+     "error: scenario key 'privacy.dp': neither of noise_multiplier and target_epsilon given; set exactly one"),
     # data and devices
     ("unknown partition key", lambda t, f: ["--set", "data.partition.alfa=0.5"],
      "error: data.partition: unknown key(s) ['alfa'] for scheme 'iid'"),

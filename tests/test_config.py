@@ -100,6 +100,10 @@ SECTION_NUMBER_KEYS = [
                                 ("lognormal", "sigma", {"median": 1.0}), ("uniform", "low", {"high": 4.0}),
                                 ("uniform", "high", {"low": 1e-4}), ("choice", "values", {}),
                                 ("choice", "weights", {"values": [1.0]}))),
+    *((f"privacy.dp.{key}", {"privacy": {"dp": {} if key == "noise_multiplier" else {"noise_multiplier": 1.0}}})
+      for key in ("clip", "delta", "noise_multiplier")),
+    ("privacy.dp.target_epsilon", {"privacy": {"dp": {}}}),
+    ("privacy.secure_aggregation.threshold", {"privacy": {"secure_aggregation": {}}}),
 ]
 NUMBER_KEYS = [(key, {}) for key in schema_number_keys()] + SECTION_NUMBER_KEYS
 

@@ -181,8 +181,11 @@ def plot_setting(runs: list[dict], path: Path) -> None:
 
 
 def write_report(folder: Path, document: dict, runs: list[dict]) -> str:
-    """sweep.md and curves-<setting>.png in the sweep folder; returns the Markdown."""
-    text = sweep_markdown(document)
+    """sweep.md and curves-<setting>.png in the sweep folder (and privacy.md, privacy.png);
+    returns the Markdown."""
+    from ..privacy.report import write_privacy_report
+    privacy = write_privacy_report(folder, runs)  # privacy.md and privacy.png, when measured
+    text = sweep_markdown(document) + (f"\n{privacy}" if privacy else "")
     atomic_write(folder / "sweep.md", text)
     for setting in document["settings"]:
         of_setting = [r for r in runs if r["setting"] == setting["name"]]
