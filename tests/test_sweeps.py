@@ -227,6 +227,41 @@ def test_an_out_folder_of_another_sweep_is_refused(tmp_path, capsys):
     assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
 
 
+def test_a_sweep_written_before_a_key_was_added_still_resumes(tmp_path):
+    """Guards resuming across versions: a sweep folder (and its run folders) written by code that
+    did not yet know a key (here `privacy`, whose default keeps the earlier behaviour) is the same
+    sweep, and its runs are reused; a run whose config differs in a value is still refused."""
+    from fedgrow_ray.outputs import RunFolder
+    from fedgrow_ray.sweeps.plan import SweepError
+
+    def older(scenario: dict) -> dict:
+        return {k: v for k, v in scenario.items() if k != "privacy"}
+
+    out = tmp_path / "sweep"
+    plan = SweepPlan(resolve_scenario(TINY), {"rounds": [1, 2]}, [0])
+    folder = SweepFolder(out)
+    folder.check(plan)
+    folder.begin(plan, {"command": "python launch.py tiny.yaml --grid rounds=1,2", "commit": None})
+    held = json.loads(folder.sweep_file.read_text())
+    assert "privacy" in held["identity"]["scenario"]
+    held["identity"]["scenario"], held["scenario"] = older(held["identity"]["scenario"]), older(held["scenario"])
+    folder.sweep_file.write_text(json.dumps(held))
+    run = plan.runs[0]
+    (out / run.path).mkdir(parents=True, exist_ok=True)
+    (out / run.path / "config.yaml").write_text(RunFolder.config_text(older(run.scenario)))
+    (out / run.path / "status.json").write_text(json.dumps({"status": "completed"}))
+    (out / run.path / "summary.json").write_text("{}")
+
+    again = SweepPlan(resolve_scenario(held["scenario"]), held["grid"], held["seeds"])
+    folder.check(again)
+    assert [r.action for r in again.runs] == ["reuse", "start"]
+
+    changed = {**older(run.scenario), "training": {**run.scenario["training"], "lr": 0.5}}
+    (out / run.path / "config.yaml").write_text(RunFolder.config_text(changed))
+    with pytest.raises(SweepError, match="its config.yaml differs"):
+        folder.check(SweepPlan(resolve_scenario(held["scenario"]), held["grid"], held["seeds"]))
+
+
 # ---- on Ray --------------------------------------------------------------------------------------
 @pytest.mark.slow  # 8 runs as Tune trials: about 2 minutes alone, 5 on a busy machine
 def test_a_sweep_runs_concurrently_and_each_run_equals_the_run_alone(ray_session, cache, tmp_path):

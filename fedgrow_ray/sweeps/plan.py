@@ -135,6 +135,21 @@ class SweepPlan:
                       "variants": self.variants})
 
 
+def _current(scenario, seed=None):
+    """A scenario written by this or an earlier version of the code, as this version resolves it
+    (keys added since take their defaults, which keep the earlier behaviour), seed aside when
+    `seed` stands in for it; what cannot be resolved is compared as written."""
+    if not isinstance(scenario, dict):
+        return scenario
+    try:
+        resolved = plain(resolve_scenario({**scenario, "seed": scenario.get("seed", seed)}))
+    except ScenarioError:
+        return scenario
+    if seed is not None and "seed" not in scenario:
+        resolved.pop("seed")
+    return resolved
+
+
 def read_status(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "status.json").read_text())
@@ -165,7 +180,7 @@ class SweepFolder:
         if self.sweep_file.is_file():
             held = self.load()
             identity = held.get("identity", {})
-            if {"scenario": identity.get("scenario"), "grid": identity.get("grid"),
+            if {"scenario": _current(identity.get("scenario"), plan.base["seed"]), "grid": identity.get("grid"),
                     "variants": identity.get("variants", {})} != plan.identity():
                 raise SweepError(f"{self.path} holds another sweep (scenario "
                                  f"{held.get('scenario', {}).get('name')!r}, grid {held.get('grid')}); "
@@ -184,7 +199,7 @@ class SweepFolder:
             held = yaml.safe_load((folder / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
             held = None
-        if held != yaml.safe_load(RunFolder.config_text(run.scenario)):
+        if _current(held) != _current(yaml.safe_load(RunFolder.config_text(run.scenario))):
             raise SweepError(f"{folder} is not the run this sweep would write (its config.yaml differs); "
                              f"move it away or choose another --out")
         if read_status(folder).get("status") == "completed" and (folder / "summary.json").is_file():
