@@ -1,0 +1,61 @@
+"""One entry point: launch.run runs a scenario given as a file or a mapping (with overrides) and
+returns its summary; launch.py's command line and the `fedgrow` console script both call it."""
+
+import io
+import json
+import tomllib
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+import yaml
+
+import launch
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quiet():
+    return launch.Progress(io.StringIO())
+
+
+def test_the_fedgrow_console_script_is_the_command_line():
+    """Guards against the console script naming something that is not launch.main (or nothing)."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    command = EntryPoint(name="fedgrow", value=scripts["fedgrow"], group="console_scripts").load()
+    assert command is launch.main
+
+
+def test_run_from_python_returns_the_summary_it_writes(ray_session, cache, tmp_path):
+    """Guards against launch.run not running a mapping scenario with overrides on the Ray a
+    notebook already has, or returning something other than the run's summary.json."""
+    out = tmp_path / "run"
+    summary = launch.run(dict(TINY), overrides=["rounds=1", "participants=4"], out=out, cache=cache,
+                         progress=quiet())
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["fedgrow"]["rounds"] == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["participants"] == 4
+    assert ray_session.is_initialized()  # the caller's Ray is left as it was
+
+    # A file and the in-process executor: the same results (the seed decides, not the executor).
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    local = launch.run(path, overrides=["rounds=1", "participants=4"], out=tmp_path / "local",
+                       executor="local", cache=cache, progress=quiet())
+    assert local["global_ligo_sha256"] == summary["global_ligo_sha256"]
+
+
+def test_bad_input_from_python_raises_one_line_and_writes_nothing(cache, tmp_path):
+    """Guards against launch.run printing and returning on bad input instead of raising
+    LaunchError with the command line's exit status, or writing a run folder first."""
+    out = tmp_path / "run"
+    with pytest.raises(launch.LaunchError) as caught:
+        launch.run(dict(TINY), overrides=["training.local_step=3"], out=out, executor="local", cache=cache,
+                   progress=quiet())
+    assert caught.value.status == 2
+    assert "training.local_step" in str(caught.value) and "\n" not in str(caught.value)
+    assert not out.exists()
+    # The command line turns it into exit status 2.
+    assert launch.main(["--set", "training.local_step=3", "--out", str(out), "--executor", "local"]) == 2
+    assert not out.exists()
