@@ -56,8 +56,8 @@ class ParticipantActor:
         return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected)
 
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None,
-                 expected=None):
-        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject, expected)
+                 expected=None, export=None):
+        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject, expected, export)
 
     def release(self, method: str) -> None:
         self.host.release(method)

@@ -65,6 +65,7 @@ METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "ce
 BUDGETS = ("bytes", "flops", "sim_time_s")  # budget.* keys; `rounds` is always the cap
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
 BAD_UPDATES = ("nan", "inf", "shape", "name", "huge")  # faults.bad_update kinds
+EXPORT_AUTO_MAX = 16  # export: null exports every participant's model up to this many participants
 
 
 # ---- field validators: each takes (key, value) and returns the checked value -------------------
@@ -222,6 +223,19 @@ def mapping(schema: dict):
     return check
 
 
+def export_choice():
+    """export: null (the default: all when there are at most EXPORT_AUTO_MAX participants, else
+    none), all, none, or a list of participant ids; resolved in _check_together."""
+    def check(key, value):
+        if value is None or value in ("all", "none"):
+            return value
+        if isinstance(value, list) and value:
+            return list_of(integer(0), unique=True)(key, value)
+        _fail(key, value, "expected all, none, null (all up to 16 participants, none above) or a "
+                          "list of participant ids")
+    return check
+
+
 def shape():
     def check(key, value):
         try:
@@ -263,6 +277,8 @@ SCHEMA = {
     "protocol": (choice(("paper", "reference-code")), "paper"),
     "deadline_s": (number(above=0, optional=True), None),
     "checkpoint_every": (integer(0), 1),
+    # which participants' grown fedgrow models the run folder's export/ holds (fedgrow_ray.export)
+    "export": (export_choice(), None),
     "server": {
         "aggregator": (choice(AGGREGATORS), "fedavg"),
         "trim_fraction": (number(0.0, 0.49), 0.1),
@@ -414,6 +430,7 @@ def _check_together(s: dict) -> None:
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
     _check_faults(s)
+    _resolve_export(s)
     template = model["checkpoints"]
     if template is not None:
         try:
@@ -448,6 +465,23 @@ def _check_faults(s: dict) -> None:
                 raise ScenarioError(f"{key}.host': {fault[who]} does not exist; hosts are numbered 0 "
                                     f"to {hosts - 1} (hosts.actors={actors}, participants="
                                     f"{s['participants']})")
+
+
+def _resolve_export(s: dict) -> None:
+    """export: null becomes all or none (by the number of participants); an explicit choice
+    needs fedgrow among the methods and ids of existing participants."""
+    export = s["export"]
+    if export is None:
+        s["export"] = "all" if s["participants"] <= EXPORT_AUTO_MAX and "fedgrow" in s["methods"] else "none"
+        return
+    if export != "none" and "fedgrow" not in s["methods"]:
+        raise ScenarioError(f"scenario key 'export': {export!r} is not allowed; it exports fedgrow's grown "
+                            f"models and methods {s['methods']} has no fedgrow (use none)")
+    if isinstance(export, list):
+        for i, pid in enumerate(export):
+            if pid >= s["participants"]:
+                raise ScenarioError(f"scenario key 'export[{i}]': {pid} does not exist; participants are "
+                                    f"numbered 0 to {s['participants'] - 1}")
 
 
 def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None):
