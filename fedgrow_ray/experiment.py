@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .config import family_of_scenario
+from .models import family_class
 from .data import ParticipantData, PreparedData, prepare_data
 from .devices import (DeviceProfile, activation_values_per_sample, device_profile, fit_shape,
                       step_flops, training_memory_mb)
@@ -31,7 +32,8 @@ CENTER = -1
 def prepare_scenario_data(scenario: dict, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The prepared data folder for a resolved scenario, built once per machine and cache."""
     model = scenario["model"]
-    return prepare_data(scenario["data"], model["family"], scenario["participants"], scenario["seed"],
+    return prepare_data(scenario["data"], family_class(model["family"]).name, scenario["participants"],
+                        scenario["seed"],
                         cache_dir, max_positions=model["max_positions"],
                         vocab_size=model["vocab_size"], image_size=model["image_size"],
                         channels=model["channels"])

@@ -11,13 +11,30 @@ from .bert import TextFamily
 from .vit import ImageFamily
 
 FAMILIES = {"text": TextFamily, "image": ImageFamily}
+_PLUGGED: list[type[Family]] = []  # families named by import path in this process (family_of)
+
+
+def family_class(name: str) -> type[Family]:
+    """The family class called `name` ("text" or "image"), or a subclass of TextFamily or
+    ImageFamily named by an import path (fedgrow_ray.plugins)."""
+    from ..plugins import is_import_path, load
+
+    if is_import_path(name):
+        cls = load(name, "model family", Family)
+        if not issubclass(cls, (TextFamily, ImageFamily)):
+            raise ValueError(f"model family {name!r} is not a subclass of TextFamily or ImageFamily "
+                             f"(which says the data it reads)")
+        if cls not in _PLUGGED:
+            _PLUGGED.insert(0, cls)
+        return cls
+    if name not in FAMILIES:
+        raise ValueError(f"model family {name!r} is unknown; allowed: {sorted(FAMILIES)} or an import path")
+    return FAMILIES[name]
 
 
 def get_family(name: str, **sizes) -> Family:
-    """The family called `name` ("text" or "image") with its fixed sizes."""
-    if name not in FAMILIES:
-        raise ValueError(f"model family {name!r} is unknown; allowed: {sorted(FAMILIES)}")
-    cls = FAMILIES[name]
+    """The family called `name` ("text", "image" or an import path) with its fixed sizes."""
+    cls = family_class(name)
     allowed = set(cls.__dataclass_fields__)
     unknown = sorted(set(sizes) - allowed)
     if unknown:
@@ -27,12 +44,12 @@ def get_family(name: str, **sizes) -> Family:
 
 def family_of(model) -> Family:
     """The family (with its fixed sizes) of a Hugging Face model this project can grow."""
-    for cls in FAMILIES.values():
+    for cls in [*_PLUGGED, *FAMILIES.values()]:  # a plug-in's model class may subclass a built-in's
         if isinstance(model, cls.model_class):
             return cls.from_config(model.config)
     raise ValueError(f"{type(model).__name__} is not a supported model; supported: "
                      f"{[c.model_class.__name__ for c in FAMILIES.values()]}")
 
 
-__all__ = ["FAMILIES", "GLOBAL_KINDS", "LAYER_KINDS", "Family", "ImageFamily", "Role", "Shape",
+__all__ = ["FAMILIES", "family_class", "GLOBAL_KINDS", "LAYER_KINDS", "Family", "ImageFamily", "Role", "Shape",
            "TextFamily", "family_of", "get_family"]
