@@ -308,6 +308,8 @@ SCHEMA = {
     "protocol": (choice(("paper", "reference-code")), "paper"),
     "deadline_s": (number(above=0, optional=True), None),
     "checkpoint_every": (integer(0), 1),
+    # where the metrics rows also go, besides TensorBoard (fedgrow_ray.tracking); never a result
+    "trackers": (list_of(choice(("mlflow", "wandb")), min_length=0, unique=True), []),
     # which participants' grown fedgrow models the run folder's export/ holds (fedgrow_ray.export)
     "export": (export_choice(), None),
     "server": {
@@ -462,6 +464,10 @@ def _check_together(s: dict) -> None:
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
     _check_faults(s)
     _resolve_export(s)
+    from .tracking import missing_tracker
+    for name in s["trackers"]:
+        if missing_tracker(name):
+            raise ScenarioError(f"scenario key 'trackers': {missing_tracker(name)}")
     template = model["checkpoints"]
     if template is not None:
         try:
