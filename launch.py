@@ -40,14 +40,27 @@ from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
 ROOT = Path(__file__).resolve().parent
 
 
-class Progress:
-    """A one-line progress bar on a terminal; plain log lines otherwise."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
-    def __init__(self, stream=None):
+
+class Progress:
+    """A one-line progress bar on a terminal; plain log lines otherwise. Each method's lines say
+    how long it has run and, from the rounds done so far, about how long it has left (the first
+    round, which also sets participants up, makes the first estimates high)."""
+
+    def __init__(self, stream=None, clock=time.monotonic):
         stream = stream or sys.stderr  # the one at call time (a test may have replaced it)
         self.stream, self.tty = stream, stream.isatty()
         self.width = 0
         self.reported: set = set()
+        self.clock = clock
+        self.started: dict[str, tuple[float, float]] = {}  # method -> (time, rounds done) when first seen
 
     def message(self, text: str) -> None:
         self._clear()
@@ -62,9 +75,27 @@ class Progress:
             self.stream.flush()
             self.width = len(text)
 
+    @staticmethod
+    def _rounds_done(event: dict) -> float:
+        if event.get("phase") == "end":
+            return event["round"]
+        return event["round"] - 1 + (event["done"] / event["running"] if event["running"] else 0)
+
+    def timing(self, event: dict) -> str:
+        """'elapsed T, about R left' for the event's method, timed from the first event of it
+        this display saw (R once some of a round is done since then)."""
+        done, now = self._rounds_done(event), self.clock()
+        start, done_at_start = self.started.setdefault(event["method"], (now, done))
+        elapsed, progressed = now - start, done - done_at_start
+        text = f"elapsed {_duration(elapsed)}"
+        if progressed > 0 and elapsed > 0:
+            text += f", about {_duration(elapsed / progressed * max(0.0, event['rounds'] - done))} left"
+        return text
+
     def update(self, event: dict) -> None:
         if not event:
             return
+        self.started.setdefault(event["method"], (self.clock(), self._rounds_done(event)))
         accuracy = event.get("accuracy")
         acc = f"accuracy {accuracy:.3f}" if accuracy is not None else "accuracy –"
         head = f"{event['method']} round {event['round']}/{event['rounds']}"
@@ -72,7 +103,7 @@ class Progress:
             filled = int(20 * (event["round"] - 1 + (event["done"] / event["running"] if event["running"] else 1))
                          / event["rounds"])
             line = (f"{head} [{'#' * filled}{'.' * (20 - filled)}] participants "
-                    f"{event['done']}/{event['running']}  {acc}")
+                    f"{event['done']}/{event['running']}  {acc}  {self.timing(event)}")
             self._clear()
             self.stream.write(line)
             self.stream.flush()
@@ -85,7 +116,7 @@ class Progress:
                   file=self.stream, flush=True)
         elif event.get("phase") == "end":
             self.reported.add((event["method"], event["round"], "end"))
-            print(f"{head}: {event['done']}/{event['running']} participants done, {acc}",
+            print(f"{head}: {event['done']}/{event['running']} participants done, {acc}, {self.timing(event)}",
                   file=self.stream, flush=True)
 
     def _clear(self) -> None:

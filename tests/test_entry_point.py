@@ -59,3 +59,25 @@ def test_bad_input_from_python_raises_one_line_and_writes_nothing(cache, tmp_pat
     # The command line turns it into exit status 2.
     assert launch.main(["--set", "training.local_step=3", "--out", str(out), "--executor", "local"]) == 2
     assert not out.exists()
+
+
+def test_progress_lines_show_elapsed_time_and_an_estimate_per_method():
+    """Guards against progress lines without elapsed time or a remaining-time estimate, or an
+    estimate that is not the time per round so far times the rounds left, per method."""
+    stream, now = io.StringIO(), [0.0]
+    progress = launch.Progress(stream, clock=lambda: now[0])
+
+    def event(method, round_number, phase, at):
+        now[0] = at
+        progress.update({"method": method, "round": round_number, "rounds": 4, "phase": phase,
+                         "running": 2, "done": 2 if phase == "end" else 0, "accuracy": 0.5})
+
+    event("fedgrow", 1, "start", 100.0)
+    event("fedgrow", 1, "end", 130.0)          # 30 s a round: 3 rounds left
+    event("fedgrow", 2, "end", 160.0)
+    event("local_small", 1, "start", 160.0)    # another method: its own clock
+    event("local_small", 1, "end", 165.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[1].endswith("elapsed 30 s, about 1 min 30 s left")
+    assert lines[2].endswith("elapsed 1 min 00 s, about 1 min 00 s left")
+    assert lines[4].endswith("elapsed 5 s, about 15 s left")
