@@ -469,6 +469,9 @@ def _check_together(s: dict) -> None:
         if missing_tracker(name):
             raise ScenarioError(f"scenario key 'trackers': {missing_tracker(name)}")
     template = model["checkpoints"]
+    if s["data"].get("tokenizer") == "from_checkpoint" and template is None:
+        raise ScenarioError("scenario key 'data.tokenizer': 'from_checkpoint' is not allowed without "
+                            "model.checkpoints (the folders holding each participant's model and tokenizer)")
     if template is not None:
         try:
             template.format(id=0)
@@ -521,13 +524,15 @@ def _resolve_export(s: dict) -> None:
                                     f"numbered 0 to {s['participants'] - 1}")
 
 
-def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None):
-    """The model family a resolved scenario describes (sizes the data decides may be passed)."""
+def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None,
+                       max_positions: int | None = None):
+    """The model family a resolved scenario describes (sizes the data or the checkpoints decide
+    may be passed)."""
     model = s["model"]
     classes = num_classes or 2
     if family_class(model["family"]).name == "text":
         return get_family(model["family"], vocab_size=vocab_size or model["vocab_size"],
-                          max_positions=model["max_positions"], num_classes=classes,
+                          max_positions=max_positions or model["max_positions"], num_classes=classes,
                           dropout=model["dropout"])
     return get_family(model["family"], image_size=model["image_size"], patch_size=model["patch_size"],
                       channels=model["channels"], num_classes=classes, dropout=model["dropout"])

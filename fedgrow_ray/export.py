@@ -54,6 +54,13 @@ def participant_folder(export_dir: str | Path, pid: int) -> Path:
 def _preprocessor(experiment):
     """The tokenizer (text) or image processor (image) that makes this run's model inputs."""
     family = experiment.family
+    if family.name == "text" and (Path(experiment.data.path) / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        # data.tokenizer: from_checkpoint: the checkpoints' own tokenizer, as the data used it.
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(experiment.data.path) / "tokenizer"))
+        tokenizer.model_max_length = experiment.scenario["model"]["max_positions"]
+        return tokenizer
     if family.name == "text":
         from transformers import PreTrainedTokenizerFast
 
