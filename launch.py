@@ -131,7 +131,8 @@ def parse_args(argv):
                         help="scenario YAML (default: scenarios/quickstart.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario key, e.g. --set rounds=20 --set training.lr=3e-4")
-    parser.add_argument("--out", help="run or sweep folder (default: runs/<scenario>-<timestamp>)")
+    parser.add_argument("--out", help="run or sweep folder (default: runs/<scenario>-<timestamp> in the "
+                                      "current folder)")
     parser.add_argument("--seeds", metavar="N",
                         help="sweep: run seeds 0..N-1 (default: the scenario's sweep.seeds)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -315,7 +316,7 @@ def _sweep(args, command: str, progress, scenario=None, section=None) -> dict:
             seeds = parse_seeds(args.seeds) if args.seeds is not None else (section["seeds"] or [scenario["seed"]])
             grid = {**section["grid"], **parse_grid(args.grid)}
             variants = pick_variants(section["variants"], args.variants)
-            out = args.out or ROOT / "runs" / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = args.out or Path("runs") / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
             folder = SweepFolder(out)
             about = {"command": command, "scenario_file": args.scenario, "overrides": args.set}
         plan = SweepPlan(scenario, grid, seeds, variants)
@@ -378,7 +379,7 @@ def prepare(args, progress, scenario: dict | None = None):
         folder, raw, checkpoint = RunFolder.open_for_resume(args.resume)
         scenario = resolve_scenario(raw)
     else:
-        folder = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = Path(args.out or Path("runs") / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         RunFolder.check_new(folder)
     from actors import cluster  # imports no Ray until start_or_join
     if args.executor == "ray" and args.address:

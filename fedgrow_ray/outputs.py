@@ -13,7 +13,8 @@
     results.md      a table of the summary
     curves.png      accuracy against round, bytes sent and FLOPs, one line per method
 
-Every file but the two append-only logs is written to a temporary name and renamed, so none is
+Every file but the append-only logs (metrics.jsonl, events.log, and tensorboard/'s events, which
+a resume rebuilds from the rows it keeps) is written to a temporary name and renamed, so none is
 ever half-written; a run that fails says so in status.json and keeps what it finished.
 """
 
