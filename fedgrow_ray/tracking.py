@@ -9,7 +9,9 @@ curves to TensorBoard.
 
 `tensorboard --logdir RUN_OR_SWEEP_FOLDER` shows them (a sweep folder's also holds every run's).
 The libraries' own writers do the work (torch.utils.tensorboard's SummaryWriter, MLflow's
-client, wandb's run); nothing here formats events. A resumed run's TensorBoard folder is
+client, wandb's run); nothing here formats events. Ray Tune's logger callbacks are not the fit:
+a sweep's trials report to Tune once, at their end (actors/sweep.py), while the rows come from
+each run's driver round by round, and a run alone is no Tune trial at all. A resumed run's TensorBoard folder is
 rebuilt from the rows it keeps, so it always shows metrics.jsonl; MLflow and W&B continue the
 same run (its id is kept in tracking.json) and receive the re-run rounds again.
 """
