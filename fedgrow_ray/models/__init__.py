@@ -11,7 +11,6 @@ from .bert import TextFamily
 from .vit import ImageFamily
 
 FAMILIES = {"text": TextFamily, "image": ImageFamily}
-_PLUGGED: list[type[Family]] = []  # families named by import path in this process (family_of)
 
 
 def family_class(name: str) -> type[Family]:
@@ -24,8 +23,6 @@ def family_class(name: str) -> type[Family]:
         if not issubclass(cls, (TextFamily, ImageFamily)):
             raise ValueError(f"model family {name!r} is not a subclass of TextFamily or ImageFamily "
                              f"(which says the data it reads)")
-        if cls not in _PLUGGED:
-            _PLUGGED.insert(0, cls)
         return cls
     if name not in FAMILIES:
         raise ValueError(f"model family {name!r} is unknown; allowed: {sorted(FAMILIES)} or an import path")
@@ -43,8 +40,9 @@ def get_family(name: str, **sizes) -> Family:
 
 
 def family_of(model) -> Family:
-    """The family (with its fixed sizes) of a Hugging Face model this project can grow."""
-    for cls in [*_PLUGGED, *FAMILIES.values()]:  # a plug-in's model class may subclass a built-in's
+    """The built-in family (with its fixed sizes) of a Hugging Face model this project can grow
+    (a plug-in family is passed where it is meant: DualLiGO's `family`)."""
+    for cls in FAMILIES.values():
         if isinstance(model, cls.model_class):
             return cls.from_config(model.config)
     raise ValueError(f"{type(model).__name__} is not a supported model; supported: "
