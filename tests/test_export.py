@@ -61,3 +61,38 @@ def test_the_export_key_defaults_by_participants_and_checks_its_ids():
         tiny("methods=[local_small]", "export=all")
     with pytest.raises(ScenarioError, match="'export'"):
         tiny("export=some")
+
+
+def test_an_exported_image_model_and_its_image_processor_reproduce_the_final_accuracy(cache, tmp_path):
+    """Guards against an image export whose processor config (size, rescale, normalisation) does
+    not turn raw images into the pixels the model was trained and scored on."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import launch
+    from conftest import TINY
+    from fedgrow_ray.data.encode import normalise_pixels
+
+    overrides = ["rounds=1", "participants=3", "model.family=image", "model.image_size=16", "model.patch_size=4",
+                 "data={source: synthetic_image, train_size: 300, test_size: 120, test_per_participant: 20, "
+                 "partition: {scheme: iid}}"]
+    scenario = tiny(*overrides)
+    summary = launch.run(dict(TINY), overrides=overrides, out=tmp_path / "run", executor="local", cache=cache,
+                         progress=launch.Progress(io.StringIO()))
+    prepared = PreparedData.open(prepare_scenario_data(scenario, cache))
+    raw_test = load_source(check_data_spec(scenario["data"]), scenario["seed"]).test
+    for pid in range(3):
+        folder = tmp_path / "run" / "export" / f"participant_{pid}"
+        model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        processor = AutoImageProcessor.from_pretrained(folder)
+        rows = prepared.participant(pid).test.indices
+        images = [Image.fromarray(np.asarray(raw_test[int(i)]["image"], dtype=np.uint8).squeeze()).convert("RGB")
+                  for i in rows]
+        batch = processor(images, return_tensors="pt")
+        assert torch.equal(batch["pixel_values"], normalise_pixels(prepared.test.inputs[rows]))
+        with torch.no_grad():
+            predictions = model(**batch).logits.argmax(-1).numpy()
+        assert float((predictions == prepared.test.labels[rows]).mean()) == \
+            summary["methods"]["fedgrow"]["per_participant_accuracy"][str(pid)]
