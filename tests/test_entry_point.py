@@ -27,23 +27,33 @@ def test_the_fedgrow_console_script_is_the_command_line():
     assert command is launch.main
 
 
-def test_run_from_python_returns_the_summary_it_writes(ray_session, cache, tmp_path):
-    """Guards against launch.run not running a mapping scenario with overrides on the Ray a
-    notebook already has, or returning something other than the run's summary.json."""
+def test_run_from_python_returns_the_summary_it_writes(cache, tmp_path):
+    """Guards against launch.run not running a mapping or a file scenario with overrides, or
+    returning something other than the run's summary.json."""
     out = tmp_path / "run"
-    summary = launch.run(dict(TINY), overrides=["rounds=1", "participants=4"], out=out, cache=cache,
-                         progress=quiet())
+    summary = launch.run(dict(TINY), overrides=["rounds=1", "participants=4"], out=out, executor="local",
+                         cache=cache, progress=quiet())
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["methods"]["fedgrow"]["rounds"] == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["participants"] == 4
-    assert ray_session.is_initialized()  # the caller's Ray is left as it was
 
-    # A file and the in-process executor: the same results (the seed decides, not the executor).
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
-    local = launch.run(path, overrides=["rounds=1", "participants=4"], out=tmp_path / "local",
+    again = launch.run(path, overrides=["rounds=1", "participants=4"], out=tmp_path / "again", executor="local",
+                       cache=cache, progress=quiet())
+    assert again["global_ligo_sha256"] == summary["global_ligo_sha256"]
+
+
+@pytest.mark.slow  # a minute on the busy 2-CPU machine (Ray's actors start and import torch)
+def test_run_from_python_uses_the_ray_a_notebook_already_has(ray_session, cache, tmp_path):
+    """Guards against launch.run starting (or stopping) a Ray of its own when the process is
+    already connected to one, or giving other results on Ray than in process."""
+    summary = launch.run(dict(TINY), overrides=["rounds=1", "participants=4"], out=tmp_path / "ray", cache=cache,
+                         progress=quiet())
+    assert ray_session.is_initialized()  # the caller's Ray is left as it was
+    local = launch.run(dict(TINY), overrides=["rounds=1", "participants=4"], out=tmp_path / "local",
                        executor="local", cache=cache, progress=quiet())
-    assert local["global_ligo_sha256"] == summary["global_ligo_sha256"]
+    assert summary["global_ligo_sha256"] == local["global_ligo_sha256"]
 
 
 def test_bad_input_from_python_raises_one_line_and_writes_nothing(cache, tmp_path):
