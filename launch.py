@@ -14,11 +14,16 @@ in this process with no Ray at all (for debugging, and the baseline of bench/ove
 Exit status: 0 done, 1 a run failed or was interrupted (its folder says why), 2 bad input
 (nothing written: the scenario or run folder, the data, model checkpoints, --address and the
 cluster's resources are all checked before a run or sweep folder is created).
+
+`run(...)` below is the one entry point: this command line, the `fedgrow` console script
+(pyproject [project.scripts]) and Python code (a notebook: `launch.run(scenario, ...)`) all
+call it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -35,14 +40,27 @@ from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
 ROOT = Path(__file__).resolve().parent
 
 
-class Progress:
-    """A one-line progress bar on a terminal; plain log lines otherwise."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
-    def __init__(self, stream=None):
+
+class Progress:
+    """A one-line progress bar on a terminal; plain log lines otherwise. Each method's lines say
+    how long it has run and, from the rounds done so far, about how long it has left (the first
+    round, which also sets participants up, makes the first estimates high)."""
+
+    def __init__(self, stream=None, clock=time.monotonic):
         stream = stream or sys.stderr  # the one at call time (a test may have replaced it)
         self.stream, self.tty = stream, stream.isatty()
         self.width = 0
         self.reported: set = set()
+        self.clock = clock
+        self.started: dict[str, tuple[float, float]] = {}  # method -> (time, rounds done) when first seen
 
     def message(self, text: str) -> None:
         self._clear()
@@ -57,9 +75,27 @@ class Progress:
             self.stream.flush()
             self.width = len(text)
 
+    @staticmethod
+    def _rounds_done(event: dict) -> float:
+        if event.get("phase") == "end":
+            return event["round"]
+        return event["round"] - 1 + (event["done"] / event["running"] if event["running"] else 0)
+
+    def timing(self, event: dict) -> str:
+        """'elapsed T, about R left' for the event's method, timed from the first event of it
+        this display saw (R once some of a round is done since then)."""
+        done, now = self._rounds_done(event), self.clock()
+        start, done_at_start = self.started.setdefault(event["method"], (now, done))
+        elapsed, progressed = now - start, done - done_at_start
+        text = f"elapsed {_duration(elapsed)}"
+        if progressed > 0 and elapsed > 0:
+            text += f", about {_duration(elapsed / progressed * max(0.0, event['rounds'] - done))} left"
+        return text
+
     def update(self, event: dict) -> None:
         if not event:
             return
+        self.started.setdefault(event["method"], (self.clock(), self._rounds_done(event)))
         accuracy = event.get("accuracy")
         acc = f"accuracy {accuracy:.3f}" if accuracy is not None else "accuracy –"
         head = f"{event['method']} round {event['round']}/{event['rounds']}"
@@ -67,7 +103,7 @@ class Progress:
             filled = int(20 * (event["round"] - 1 + (event["done"] / event["running"] if event["running"] else 1))
                          / event["rounds"])
             line = (f"{head} [{'#' * filled}{'.' * (20 - filled)}] participants "
-                    f"{event['done']}/{event['running']}  {acc}")
+                    f"{event['done']}/{event['running']}  {acc}  {self.timing(event)}")
             self._clear()
             self.stream.write(line)
             self.stream.flush()
@@ -80,7 +116,7 @@ class Progress:
                   file=self.stream, flush=True)
         elif event.get("phase") == "end":
             self.reported.add((event["method"], event["round"], "end"))
-            print(f"{head}: {event['done']}/{event['running']} participants done, {acc}",
+            print(f"{head}: {event['done']}/{event['running']} participants done, {acc}, {self.timing(event)}",
                   file=self.stream, flush=True)
 
     def _clear(self) -> None:
@@ -95,7 +131,8 @@ def parse_args(argv):
                         help="scenario YAML (default: scenarios/quickstart.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario key, e.g. --set rounds=20 --set training.lr=3e-4")
-    parser.add_argument("--out", help="run or sweep folder (default: runs/<scenario>-<timestamp>)")
+    parser.add_argument("--out", help="run or sweep folder (default: runs/<scenario>-<timestamp> in the "
+                                      "current folder)")
     parser.add_argument("--seeds", metavar="N",
                         help="sweep: run seeds 0..N-1 (default: the scenario's sweep.seeds)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -193,9 +230,78 @@ def code_version() -> tuple[str | None, bool | None]:
         return None, None
 
 
-def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
-    """A sweep: plan and check everything (exit 2, nothing written, on bad input), then run the
-    runs left as Tune trials and write the statistics."""
+class LaunchError(Exception):
+    """What stops a run or a sweep, in one line, with the exit status launch.py gives it: 2 for
+    bad input (nothing was written), 1 for a run that failed or was interrupted (its folder says
+    why and how to resume)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def _bad_input(err: BaseException) -> LaunchError:
+    return LaunchError(f"error: {err}", 2)
+
+
+def run(scenario: str | Path | dict | None = None, *, overrides=(), out=None, address: str | None = None,
+        executor: str = "ray", cache=DEFAULT_CACHE, resume=None, seeds: int | None = None, grid=(),
+        variants: str | None = None, progress: "Progress | None" = None, command: str | None = None) -> dict:
+    """Run a scenario, or a sweep of it, and return what it found: the one entry point behind
+    launch.py and the `fedgrow` console script, and the way to run one from Python or a notebook:
+
+        summary = launch.run("scenarios/quickstart.yaml", overrides=["rounds=3"])
+        summary["methods"]["fedgrow"]["accuracy_mean"]
+
+    `scenario` is a YAML file or a mapping of scenario keys (default scenarios/quickstart.yaml);
+    `overrides` are `--set` items ("key=value"); `out`, `address`, `executor`, `cache`,
+    `resume`, `seeds` (a count), `grid` ("KEY=V1,V2" items) and `variants` ("NAME,NAME") are
+    the flags of the same names. Returns summary.json's content for a run, sweep.json's for a
+    sweep. Raises LaunchError (status 2: bad input, nothing written; 1: a run failed or was
+    interrupted) after saying so on `progress` (stderr by default). A Ray this process is
+    already connected to (ray.init in a notebook) is used as it is; otherwise a local one is
+    started and stopped, or the cluster at `address` joined."""
+    progress = progress or Progress()
+    if executor not in ("ray", "local"):
+        raise _bad_input(f"executor {executor!r} is not allowed; allowed: ray, local")
+    if isinstance(scenario, Path):
+        scenario = str(scenario)
+    args = argparse.Namespace(
+        scenario=scenario if isinstance(scenario, str) else None, set=list(overrides), out=out and str(out),
+        seeds=None if seeds is None else str(seeds), grid=list(grid), variants=variants, address=address,
+        executor=executor, cache=str(cache), resume=resume and str(resume))
+    if command is None:
+        command = _python_call(scenario, args)
+    try:
+        if args.resume and (Path(args.resume) / SWEEP_FILE).is_file():
+            return _sweep(args, command, progress)
+        section = None
+        if not args.resume:
+            if isinstance(scenario, dict):
+                raw = {"name": "scenario", **scenario}
+            else:
+                raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
+            resolved, section = load_sweep(raw, args.set)
+            if (args.seeds is not None or args.grid or args.variants or section["seeds"] is not None
+                    or section["grid"] or section["variants"]):
+                return _sweep(args, command, progress, resolved, section)
+            scenario = resolved
+    except (ScenarioError, ValueError) as err:
+        raise _bad_input(err) from None
+    return _run(args, progress, scenario if isinstance(scenario, dict) else None)
+
+
+def _python_call(scenario, args) -> str:
+    """How a run started from Python is recorded (sweep.json's `command`)."""
+    what = "<mapping>" if isinstance(scenario, dict) else repr(scenario)
+    given = {k: v for k, v in (("overrides", args.set), ("seeds", args.seeds), ("grid", args.grid),
+                               ("variants", args.variants), ("out", args.out)) if v}
+    return f"launch.run({', '.join([what] + [f'{k}={v!r}' for k, v in given.items()])})"
+
+
+def _sweep(args, command: str, progress, scenario=None, section=None) -> dict:
+    """A sweep: plan and check everything (bad input: nothing written), then run the runs left
+    as Tune trials and write the statistics. Returns sweep.json's document."""
     try:
         if args.executor == "local":
             raise ScenarioError("--executor local runs one run in this process; a sweep runs on Ray")
@@ -210,30 +316,27 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
             seeds = parse_seeds(args.seeds) if args.seeds is not None else (section["seeds"] or [scenario["seed"]])
             grid = {**section["grid"], **parse_grid(args.grid)}
             variants = pick_variants(section["variants"], args.variants)
-            out = args.out or ROOT / "runs" / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = args.out or Path("runs") / f"{scenario['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
             folder = SweepFolder(out)
-            about = {"command": "python launch.py " + shlex.join(argv),
-                     "scenario_file": args.scenario, "overrides": args.set}
+            about = {"command": command, "scenario_file": args.scenario, "overrides": args.set}
         plan = SweepPlan(scenario, grid, seeds, variants)
         folder.check(plan)
         todo = [r for r in plan.runs if r.action != "reuse"]
         progress.message(f"sweep: {len(plan.runs)} runs ({len(plan.settings)} setting(s) x {len(seeds)} "
                          f"seed(s)), {len(plan.runs) - len(todo)} already complete; preparing data ...")
-        for run in todo:
-            data_path = prepare_scenario_data(run.scenario, args.cache)
-            if run.seed == plan.seeds[0]:  # a setting's model checkpoints, once
-                Experiment(run.scenario, data_path).check_inputs()
+        for run_ in todo:
+            data_path = prepare_scenario_data(run_.scenario, args.cache)
+            if run_.seed == plan.seeds[0]:  # a setting's model checkpoints, once
+                Experiment(run_.scenario, data_path).check_inputs()
     except (ScenarioError, SweepError, DatasetUnavailable, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise _bad_input(err) from None
     about["commit"], about["dirty"] = code_version()
     from actors import cluster  # imports no Ray until start_or_join
     try:
         if todo and args.address:
             cluster.probe(args.address)
     except cluster.ClusterError as err:
-        progress.message(f"error: {err}")
-        return 2
+        raise _bad_input(err) from None
     ray, started = cluster.start_or_join(args.address, ROOT) if todo else (None, False)
     interrupted = 0
     try:
@@ -242,8 +345,7 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
             try:
                 check_resources(plan)
             except ValueError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
+                raise _bad_input(err) from None
             folder.begin(plan, about)
             progress.message(f"sweep folder: {folder.path}")
             interrupted = run_sweep(plan, folder, args.cache, progress.message)
@@ -259,11 +361,11 @@ def sweep_main(args, argv, progress, scenario=None, section=None) -> int:
     print(f"sweep folder: {folder.path}  (sweep.json, sweep.md, curves-<setting>.png, <setting>/seed-<s>/)")
     unfinished = [r for r in document["runs"] if r["status"] != "completed"]
     if interrupted:
-        progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
-    elif unfinished:
-        progress.message(f"{len(unfinished)} run(s) failed (see sweep.json); run the same command again "
-                         f"to resume them: python launch.py --resume {folder.path}")
-    return 1 if unfinished else 0
+        raise LaunchError(f"interrupted; resume with: python launch.py --resume {folder.path}", 1)
+    if unfinished:
+        raise LaunchError(f"{len(unfinished)} run(s) failed (see sweep.json); run the same command again "
+                          f"to resume them: python launch.py --resume {folder.path}", 1)
+    return document
 
 
 def prepare(args, progress, scenario: dict | None = None):
@@ -277,7 +379,7 @@ def prepare(args, progress, scenario: dict | None = None):
         folder, raw, checkpoint = RunFolder.open_for_resume(args.resume)
         scenario = resolve_scenario(raw)
     else:
-        folder = Path(args.out or ROOT / "runs" / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = Path(args.out or Path("runs") / f"{scenario['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         RunFolder.check_new(folder)
     from actors import cluster  # imports no Ray until start_or_join
     if args.executor == "ray" and args.address:
@@ -299,23 +401,8 @@ def prepare(args, progress, scenario: dict | None = None):
     return scenario, data_path, ray, started, folder, checkpoint
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    progress = Progress()
-    scenario = None
-    try:
-        if args.resume and (Path(args.resume) / SWEEP_FILE).is_file():
-            return sweep_main(args, argv, progress)
-        if not args.resume:
-            raw = read_scenario_file(args.scenario or ROOT / "scenarios" / "quickstart.yaml")
-            scenario, section = load_sweep(raw, args.set)
-            if (args.seeds is not None or args.grid or args.variants or section["seeds"] is not None
-                    or section["grid"] or section["variants"]):
-                return sweep_main(args, argv, progress, scenario, section)
-    except (ScenarioError, ValueError) as err:
-        progress.message(f"error: {err}")
-        return 2
+def _run(args, progress, scenario: dict | None) -> dict:
+    """One run (or the resume of one) into its run folder; returns the summary."""
     ray, started = None, False
     try:
         try:
@@ -325,11 +412,9 @@ def main(argv=None) -> int:
             else:
                 folder = RunFolder.create(folder, scenario)
         except (ScenarioError, ResumeError, DatasetUnavailable, ValueError, FileExistsError) as err:
-            progress.message(f"error: {err}")
-            return 2
+            raise _bad_input(err) from None
         except KeyboardInterrupt:
-            progress.message("interrupted before the run started; nothing was written")
-            return 1
+            raise LaunchError("interrupted before the run started; nothing was written", 1) from None
         progress.message(f"run folder: {folder.path}")
         try:
             if args.executor == "local":
@@ -338,25 +423,37 @@ def main(argv=None) -> int:
                 summary = run_with_ray(ray, scenario, args.cache, folder, progress, bool(args.resume))
         except KeyboardInterrupt:
             folder.fail("interrupted")
-            progress.message(f"interrupted; resume with: python launch.py --resume {folder.path}")
-            return 1
+            raise LaunchError(f"interrupted; resume with: python launch.py --resume {folder.path}", 1) from None
         except Exception as err:
             from actors.driver import driver_died, record_failure
 
             cause = record_failure(folder, err)
             if driver_died(err):
-                progress.message(f"{cause}; the run folder keeps its last checkpoint: "
-                                 f"python launch.py --resume {folder.path}")
-            else:
-                progress.message(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
-                                 f"python launch.py --resume {folder.path})")
-            return 1
+                raise LaunchError(f"{cause}; the run folder keeps its last checkpoint: "
+                                  f"python launch.py --resume {folder.path}", 1) from None
+            raise LaunchError(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
+                              f"python launch.py --resume {folder.path})", 1) from None
     finally:
         if started:
             ray.shutdown()
     progress.message("")
     print(results_table(summary, folder.metrics()))
     print(f"run folder: {folder.path}  (summary.json, metrics.jsonl, results.md, curves.png)")
+    return json.loads((folder.path / "summary.json").read_text())  # as written: JSON keys and values
+
+
+def main(argv=None) -> int:
+    """The command line (launch.py, and the `fedgrow` console script): parse the flags and `run`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    progress = Progress()
+    try:
+        run(args.scenario, overrides=args.set, out=args.out, address=args.address, executor=args.executor,
+            cache=args.cache, resume=args.resume, seeds=args.seeds, grid=args.grid, variants=args.variants,
+            progress=progress, command="python launch.py " + shlex.join(argv))
+    except LaunchError as err:
+        progress.message(str(err))
+        return err.status
     return 0
 
 

@@ -57,8 +57,8 @@ class ParticipantActor:
                                cohort)
 
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None,
-                 expected=None):
-        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject, expected)
+                 expected=None, export=None):
+        return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject, expected, export)
 
     def release(self, method: str) -> None:
         self.host.release(method)

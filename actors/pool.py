@@ -219,14 +219,15 @@ class RayExecutor:
                 self.killed.add(index)
                 ray.kill(self.actors[index], no_restart=False)
 
-    def evaluate(self, method, pids, shared, final, subject=None, expected=None):
+    def evaluate(self, method, pids, shared, final, subject=None, expected=None, export=None):
         shared_ref = [ray.put(shared)] if shared is not None else [None]
         if subject is not None:  # one model (the centralized trainer's) on every test split
             index = self.host_of(subject)
             return self._gather([Call(index, list(pids), lambda a=self.actors[index]: a.evaluate.remote(
                 method, pids, shared_ref, final, subject, expected))])
         calls = [Call(self.host_of(pid), [pid], lambda a=self.actors[self.host_of(pid)], p=pid: a.evaluate.remote(
-                     method, [p], shared_ref, final, None, None if expected is None else {p: expected[p]}))
+                     method, [p], shared_ref, final, None, None if expected is None else {p: expected[p]},
+                     export))
                  for pid in pids]
         return self._gather(calls)
 

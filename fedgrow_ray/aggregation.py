@@ -117,7 +117,13 @@ AGGREGATORS: dict[str, Callable[..., Update]] = {
 
 
 def get_aggregator(name: str) -> Callable[..., Update]:
-    """The aggregator called `name`; called as aggregator(updates, **options)."""
+    """The aggregator called `name`, or named by an import path (fedgrow_ray.plugins: a
+    function, or a class whose instance is called); called as aggregator(updates, **options)."""
+    from .plugins import is_import_path, load
+
+    if is_import_path(name):
+        found = load(name, "aggregator")
+        return found() if isinstance(found, type) else found
     if name not in AGGREGATORS:
         raise ValueError(f"aggregator {name!r} is unknown; allowed: {sorted(AGGREGATORS)}")
     return AGGREGATORS[name]

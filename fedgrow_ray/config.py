@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from .models import FAMILIES, Shape, get_family
+from .models import FAMILIES, Shape, family_class, get_family
+from .plugins import is_import_path, load
 
 
 class ScenarioError(ValueError):
@@ -65,6 +66,7 @@ METHODS = ("fedgrow", "fedavg_scratch", "independent_growth", "local_small", "ce
 BUDGETS = ("bytes", "flops", "sim_time_s")  # budget.* keys; `rounds` is always the cap
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
 BAD_UPDATES = ("nan", "inf", "shape", "name", "huge")  # faults.bad_update kinds
+EXPORT_AUTO_MAX = 16  # export: null exports every participant's model up to this many participants
 
 
 # ---- field validators: each takes (key, value) and returns the checked value -------------------
@@ -222,6 +224,49 @@ def mapping(schema: dict):
     return check
 
 
+def builtin_or_plugin(options, what: str, base=None, optional=False):
+    """One of the built-in `options`, or an import path to a plug-in (fedgrow_ray.plugins),
+    imported here so that a wrong one is bad input before anything runs."""
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if is_import_path(value):
+            try:
+                if what == "model family":
+                    family_class(value)
+                else:
+                    load(value, what, base() if base else None)
+            except ValueError as err:
+                raise ScenarioError(f"scenario key '{key}': {err}") from None
+            return value
+        if value not in options:
+            _fail(key, value, f"allowed: {list(options)} or an import path module:Class to a {what}")
+        return value
+    return check
+
+
+def _method_base():
+    from .methods import Method
+    return Method
+
+
+def method_name(optional=False):
+    return builtin_or_plugin(METHODS, "method", _method_base, optional)
+
+
+def export_choice():
+    """export: null (the default: all when there are at most EXPORT_AUTO_MAX participants, else
+    none), all, none, or a list of participant ids; resolved in _check_together."""
+    def check(key, value):
+        if value is None or value in ("all", "none"):
+            return value
+        if isinstance(value, list) and value:
+            return list_of(integer(0), unique=True)(key, value)
+        _fail(key, value, "expected all, none, null (all up to 16 participants, none above) or a "
+                          "list of participant ids")
+    return check
+
+
 def shape():
     def check(key, value):
         try:
@@ -264,17 +309,21 @@ SCHEMA = {
     "seed": (integer(0), 0),
     "rounds": (integer(1), 5),
     "participants": (integer(1), 8),
-    "methods": (list_of(choice(METHODS), unique=True), ["fedgrow"]),
+    "methods": (list_of(method_name(), unique=True), ["fedgrow"]),
     "protocol": (choice(("paper", "reference-code")), "paper"),
     "deadline_s": (number(above=0, optional=True), None),
     "checkpoint_every": (integer(0), 1),
+    # where the metrics rows also go, besides TensorBoard (fedgrow_ray.tracking); never a result
+    "trackers": (list_of(choice(("mlflow", "wandb")), min_length=0, unique=True), []),
+    # which participants' grown fedgrow models the run folder's export/ holds (fedgrow_ray.export)
+    "export": (export_choice(), None),
     "server": {
-        "aggregator": (choice(AGGREGATORS), "fedavg"),
+        "aggregator": (builtin_or_plugin(AGGREGATORS, "aggregator"), "fedavg"),
         "trim_fraction": (number(0.0, 0.49), 0.1),
         "max_update_norm": (number(above=0, optional=True), None),
     },
     "model": {
-        "family": (choice(tuple(FAMILIES)), "text"),
+        "family": (builtin_or_plugin(tuple(FAMILIES), "model family"), "text"),
         "vocab_size": (integer(8), 4000),
         "max_positions": (integer(4), 64),
         "image_size": (integer(4), 32),
@@ -344,12 +393,12 @@ SCHEMA = {
     },
     "faults": {
         "kill_host": (list_of(mapping({"host": (integer(0), None), "round": (integer(1), None),
-                                       "method": (choice(METHODS, optional=True), None)}),
+                                       "method": (method_name(optional=True), None)}),
                               min_length=0), []),
         "drop_upload": (number(0.0, 1.0), 0.0),
         "bad_update": (list_of(mapping({"participant": (integer(0), None), "round": (integer(1), None),
                                         "kind": (choice(BAD_UPDATES), None),
-                                        "method": (choice(METHODS, optional=True), None)}),
+                                        "method": (method_name(optional=True), None)}),
                                min_length=0), []),
     },
     "data": (external(_data_spec, "data"), {"source": "synthetic_text"}),
@@ -405,7 +454,7 @@ def _check_together(s: dict) -> None:
     except ValueError as err:
         raise ScenarioError(f"scenario key 'model': {err}") from None
     from .data.spec import spec_family
-    if spec_family(s["data"]) != model["family"]:
+    if spec_family(s["data"]) != family_class(model["family"]).name:
         raise ScenarioError(f"scenario key 'data.source': {s['data']['source']!r} holds "
                             f"{spec_family(s['data'])} data but model.family is {model['family']!r}")
     intermediate, target = Shape(**model["intermediate"]), Shape(**model["target"])
@@ -424,7 +473,15 @@ def _check_together(s: dict) -> None:
     problem = check_privacy_scenario(s)
     if problem:
         raise ScenarioError(problem)
+    _resolve_export(s)
+    from .tracking import missing_tracker
+    for name in s["trackers"]:
+        if missing_tracker(name):
+            raise ScenarioError(f"scenario key 'trackers': {missing_tracker(name)}")
     template = model["checkpoints"]
+    if s["data"].get("tokenizer") == "from_checkpoint" and template is None:
+        raise ScenarioError("scenario key 'data.tokenizer': 'from_checkpoint' is not allowed without "
+                            "model.checkpoints (the folders holding each participant's model and tokenizer)")
     if template is not None:
         try:
             template.format(id=0)
@@ -460,15 +517,34 @@ def _check_faults(s: dict) -> None:
                                     f"{s['participants']})")
 
 
-def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None):
-    """The model family a resolved scenario describes (sizes the data decides may be passed)."""
+def _resolve_export(s: dict) -> None:
+    """export: null becomes all or none (by the number of participants); an explicit choice
+    needs fedgrow among the methods and ids of existing participants."""
+    export = s["export"]
+    if export is None:
+        s["export"] = "all" if s["participants"] <= EXPORT_AUTO_MAX and "fedgrow" in s["methods"] else "none"
+        return
+    if export != "none" and "fedgrow" not in s["methods"]:
+        raise ScenarioError(f"scenario key 'export': {export!r} is not allowed; it exports fedgrow's grown "
+                            f"models and methods {s['methods']} has no fedgrow (use none)")
+    if isinstance(export, list):
+        for i, pid in enumerate(export):
+            if pid >= s["participants"]:
+                raise ScenarioError(f"scenario key 'export[{i}]': {pid} does not exist; participants are "
+                                    f"numbered 0 to {s['participants'] - 1}")
+
+
+def family_of_scenario(s: dict, num_classes: int | None = None, vocab_size: int | None = None,
+                       max_positions: int | None = None):
+    """The model family a resolved scenario describes (sizes the data or the checkpoints decide
+    may be passed)."""
     model = s["model"]
     classes = num_classes or 2
-    if model["family"] == "text":
-        return get_family("text", vocab_size=vocab_size or model["vocab_size"],
-                          max_positions=model["max_positions"], num_classes=classes,
+    if family_class(model["family"]).name == "text":
+        return get_family(model["family"], vocab_size=vocab_size or model["vocab_size"],
+                          max_positions=max_positions or model["max_positions"], num_classes=classes,
                           dropout=model["dropout"])
-    return get_family("image", image_size=model["image_size"], patch_size=model["patch_size"],
+    return get_family(model["family"], image_size=model["image_size"], patch_size=model["patch_size"],
                       channels=model["channels"], num_classes=classes, dropout=model["dropout"])
 
 

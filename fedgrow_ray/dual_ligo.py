@@ -34,13 +34,15 @@ class DualLiGO(nn.Module):
     target        the target Shape.
     global_ligo   an existing Global-LiGO to share (e.g. one operator trained on pooled data);
                   by default a fresh one.
+    family        the model family (a plug-in's, fedgrow_ray.plugins); by default the built-in
+                  family of small_model's class.
     Further keyword arguments (width_init, depth_init, init_noise, seed) set up both operators.
     """
 
     def __init__(self, small_model: nn.Module, intermediate: Shape, target: Shape, *,
-                 global_ligo: LiGO | None = None, **ligo_options):
+                 global_ligo: LiGO | None = None, family: Family | None = None, **ligo_options):
         super().__init__()
-        family = family_of(small_model)
+        family = family or family_of(small_model)
         small = family.shape_of(small_model)
         check_growth(small, intermediate, "Local-LiGO (small -> intermediate)")
         check_growth(intermediate, target, "Global-LiGO (intermediate -> target)")

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 from .config import family_of_scenario
+from .models import family_class
 from .data import ParticipantData, PreparedData, prepare_data
+from .data.store import tokenizer_fingerprint
 from .devices import (DeviceProfile, activation_values_per_sample, device_profile, fit_shape,
                       step_flops, training_memory_mb)
 from .dual_ligo import count_parameters
@@ -31,10 +33,32 @@ CENTER = -1
 def prepare_scenario_data(scenario: dict, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The prepared data folder for a resolved scenario, built once per machine and cache."""
     model = scenario["model"]
-    return prepare_data(scenario["data"], model["family"], scenario["participants"], scenario["seed"],
+    return prepare_data(scenario["data"], family_class(model["family"]).name, scenario["participants"],
+                        scenario["seed"],
                         cache_dir, max_positions=model["max_positions"],
                         vocab_size=model["vocab_size"], image_size=model["image_size"],
-                        channels=model["channels"])
+                        channels=model["channels"], tokenizer_dir=checkpoint_tokenizer(scenario))
+
+
+def checkpoint_tokenizer(scenario: dict) -> str | None:
+    """With data.tokenizer: from_checkpoint, the checkpoint folder whose tokenizer encodes the
+    texts (participant 0's); every participant's checkpoint must hold the same tokenizer, since
+    the data is encoded once. A ValueError names the first that differs."""
+    if scenario["data"].get("tokenizer") != "from_checkpoint":
+        return None
+    template = scenario["model"]["checkpoints"]
+    first = Path(template.format(id=0))
+    where = "scenario key 'data.tokenizer': from_checkpoint"
+    try:
+        reference = tokenizer_fingerprint(first)
+        for pid in range(1, scenario["participants"]):
+            if tokenizer_fingerprint(Path(template.format(id=pid))) != reference:
+                raise ValueError(f"participant {pid}'s checkpoint {template.format(id=pid)!r} holds another "
+                                 f"tokenizer than participant 0's; the participants' checkpoints must share "
+                                 f"one (the data is encoded once)")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    return str(first.resolve())
 
 
 class Experiment:
@@ -42,8 +66,14 @@ class Experiment:
         self.scenario = scenario
         self.seed = scenario["seed"]
         self.data = PreparedData.open(data_path)
+        positions = None
+        if scenario["data"].get("tokenizer") == "from_checkpoint":
+            # The checkpoints' position table (BERT miniatures: 512), which model.max_positions,
+            # the length texts are encoded to, may leave partly unused.
+            config = json.loads((self.checkpoint_path(0) / "config.json").read_text())
+            positions = config.get("max_position_embeddings")
         self.family = family_of_scenario(scenario, num_classes=self.data.num_classes,
-                                         vocab_size=self.data.vocab_size)
+                                         vocab_size=self.data.vocab_size, max_positions=positions)
         model = scenario["model"]
         self.ladder = [Shape(**s) for s in model["small_shapes"]]
         self.intermediate = Shape(**model["intermediate"])
@@ -144,6 +174,10 @@ class Experiment:
                 if getattr(found, name) != getattr(self.family, name):
                     raise ValueError(f"{where} has {name}={getattr(found, name)}; this scenario's "
                                      f"data and model need {name}={getattr(self.family, name)}")
+            length = self.scenario["model"]["max_positions"]
+            if self.family.name == "text" and length > found.max_positions:
+                raise ValueError(f"{where} has max_positions={found.max_positions}, fewer than "
+                                 f"model.max_positions={length}, the length texts are encoded to")
             for key in ("width", "layers", "ffn"):
                 if getattr(shape, key) > getattr(self.intermediate, key):
                     raise ValueError(f"{where} has {key}={getattr(shape, key)}, larger than "
@@ -201,7 +235,7 @@ class Experiment:
     @property
     def tokens_per_sample(self) -> int:
         if self.family.name == "text":
-            return self.family.max_positions
+            return self.scenario["model"]["max_positions"]  # the length texts are encoded to
         return (self.family.image_size // self.family.patch_size) ** 2 + 1
 
     def step_flops(self, shape: Shape) -> float:

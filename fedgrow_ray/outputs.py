@@ -7,12 +7,14 @@
                     and spill files), written by their hosts, never by the driver; elsewhere
                     with hosts.state_uri
     metrics.jsonl   one JSON object per round per method, appended as rounds finish
+    tensorboard/    the same rows as TensorBoard events, a folder per method (fedgrow_ray.tracking)
     events.log      notices: exclusions, failures, rejected updates, empty rounds
     summary.json    per-method results (written when the run completes)
     results.md      a table of the summary
     curves.png      accuracy against round, bytes sent and FLOPs, one line per method
 
-Every file but the two append-only logs is written to a temporary name and renamed, so none is
+Every file but the append-only logs (metrics.jsonl, events.log, and tensorboard/'s events, which
+a resume rebuilds from the rows it keeps) is written to a temporary name and renamed, so none is
 ever half-written; a run that fails says so in status.json and keeps what it finished.
 """
 
@@ -30,6 +32,7 @@ import torch
 import yaml
 
 from .config import ScenarioError, read_yaml
+from .tracking import RunTracker
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -55,6 +58,7 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._rows: int | None = None
+        self._tracker: RunTracker | None = None  # opened by the first row recorded
         # Names this run's folder under hosts.state_uri; kept by the checkpoints, so that a
         # resumed run finds the same participant state.
         self.state_id = uuid.uuid4().hex[:12]
@@ -103,6 +107,15 @@ class RunFolder:
             self._rows = len(self.metrics())
         self._append("metrics.jsonl", json.dumps(_plain(row)))
         self._rows += 1
+        if self._tracker is None:
+            scenario = read_yaml((self.path / "config.yaml").read_text(), "config.yaml")
+            self._tracker = RunTracker(self.path, {"trackers": [], **scenario})
+        self._tracker.log(_plain(row))
+
+    def _close_tracker(self, status: str) -> None:
+        if self._tracker is not None:
+            self._tracker.close(status)
+            self._tracker = None
 
     # ---- checkpoints and resume ----------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
@@ -176,6 +189,7 @@ class RunFolder:
         are dropped (those rounds run again) and the status is running again."""
         rows = self.metrics()[:state["metrics_rows"]] if state else []
         atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        RunTracker.rebuild(self.path, rows)
         self._rows = len(rows)
         self.set_status("running")
 
@@ -209,9 +223,11 @@ class RunFolder:
         atomic_write(self.path / "summary.json", json.dumps(_plain(summary), indent=2))
         atomic_write(self.path / "results.md", results_table(summary, rows))
         plot_curves(rows, self.path / "curves.png")
+        self._close_tracker("completed")
         self.set_status("completed")
 
     def fail(self, error: str) -> None:
+        self._close_tracker("failed")
         self.log(f"run failed: {error}")
         self.set_status("failed", error=error)
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .experiment import Experiment
+from .export import export_participant
 from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
 from .privacy.attacks import MembershipAudit
@@ -423,7 +424,8 @@ class ParticipantHost:
 
     def evaluate(self, method_name: str, pids: list[int], shared: dict | None,
                  final: bool = False, subject: int | None = None,
-                 expected: dict[int, tuple[str | None, str | None]] | None = None) -> list[dict]:
+                 expected: dict[int, tuple[str | None, str | None]] | None = None,
+                 export: dict | None = None) -> list[dict]:
         """Each participant's accuracy and macro precision on its own test split with the
         current shared state and its own model (and, with eval.global, the same model's accuracy
         on the shared global test set); `final` first applies the method's end-of-run step (e.g.
@@ -431,7 +433,10 @@ class ParticipantHost:
         participant's `state_version(method)`. With `subject` (the pooled trainer of
         `centralized`), that one model is scored on the global test set, and on each
         participant's split after a personal fine-tune of a copy (Method.personal_model).
-        `expected` as for train (for the subject alone when there is one)."""
+        `expected` as for train (for the subject alone when there is one). With `final` and
+        `export` ({"dir": the run's export folder, "participants": [ids]}), each of those
+        participants' final model is written there as a Hugging Face folder (fedgrow_ray.export)
+        by this host, which keeps it."""
         method = self.method(method_name)
         batch_size = self.experiment.scenario["eval"]["batch_size"]
         if subject is not None:
@@ -452,6 +457,9 @@ class ParticipantHost:
                         result["global_accuracy"] = accuracy(labels, predictions)
                     if final and self.experiment.scenario["privacy"]["attack"] is not None:
                         result.update(self._membership(method, owner, state, shared))
+                    if final and export and pid in export["participants"]:
+                        export_participant(method.standalone_model(owner, state, shared), export["dir"],
+                                           pid, self.experiment)
                 if finished:
                     self._persist(owner, state_version(method_name), checkpointed)
             results.append({**result, "version": owner.version})

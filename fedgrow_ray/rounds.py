@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .devices import apply_deadline, format_mib, is_available, sample_participants, simulated_time
 from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
+from .export import EXPORT_DIR, export_global_ligo, exported
 from .methods import get_method
 from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
@@ -71,9 +73,10 @@ class Executor(Protocol):
         (ParticipantHost.train)."""
 
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
-                 subject: int | None = None, expected: dict | None = None
+                 subject: int | None = None, expected: dict | None = None, export: dict | None = None
                  ) -> tuple[list[dict], dict[int, str]]:
-        """Each participant's test split with its own model, or with `subject`'s."""
+        """Each participant's test split with its own model, or with `subject`'s; `export`
+        (with `final`): the participants whose final models their hosts write out."""
 
     def release(self, method: str) -> None: ...
 
@@ -106,8 +109,8 @@ class LocalExecutor:
                 on_done(len(results))
         return results, {}
 
-    def evaluate(self, method, pids, shared, final, subject=None, expected=None):
-        return self.host.evaluate(method, pids, shared, final, subject, expected), {}
+    def evaluate(self, method, pids, shared, final, subject=None, expected=None, export=None):
+        return self.host.evaluate(method, pids, shared, final, subject, expected, export), {}
 
     def release(self, method):
         self.host.release(method)
@@ -165,8 +168,9 @@ class MethodRun:
     def __init__(self, experiment: Experiment, method_name: str, executor: Executor,
                  record: Callable[[dict], None], log: Callable[[str], None],
                  progress: Callable[[dict], None] | None = None, resume: dict | None = None,
-                 versions: StateVersions | None = None):
+                 versions: StateVersions | None = None, export_dir: str | None = None):
         self.exp, self.executor = experiment, executor
+        self.export_dir = export_dir
         self.versions = versions if versions is not None else StateVersions()
         self.method = get_method(method_name, experiment)
         self.record, self.log = record, log
@@ -545,8 +549,12 @@ class MethodRun:
     def evaluate(self, final: bool, after: int | None = None) -> dict:
         pids = self.eval_participants()
         subject = CENTER if self.method.centralized else None
+        export = None
+        if final and self.export_dir and self.method.name == "fedgrow":
+            export = {"dir": self.export_dir, "participants": sorted(exported(self.scenario))}
         results, failures = self.executor.evaluate(self.method.name, pids, self.shared, final, subject,
-                                                   self.versions.expected([subject] if subject is not None else pids))
+                                                   self.versions.expected([subject] if subject is not None else pids),
+                                                   export)
         results.sort(key=lambda r: r["id"])
         self._accept(results, f"evaluation after round {after}")
         for pid, reason in sorted(failures.items()):
@@ -608,20 +616,21 @@ class MethodRun:
 
 def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None,
                    save_checkpoint: Callable[[dict], None] | None = None,
-                   resume: dict | None = None) -> dict:
+                   resume: dict | None = None, export_dir: str | None = None) -> dict:
     """Every method of the scenario, one after another, on the same participants and data.
 
     `save_checkpoint(state)` is called on the scenario's checkpoint schedule (the participants'
     state is already stored: hosts write it as they work, and the checkpoint names the version
-    of each); `resume` is such a state to continue from. Returns the
-    summary (see outputs.RunFolder.finish)."""
+    of each); `resume` is such a state to continue from. With `export_dir`, the scenario's
+    `export` participants' final fedgrow models and the final Global-LiGO are written there
+    (fedgrow_ray.export). Returns the summary (see outputs.RunFolder.finish)."""
     summaries = dict(resume["summaries"]) if resume else {}
     versions = StateVersions(resume["versions"] if resume else None)
     for index, name in enumerate(experiment.scenario["methods"]):
         if name in summaries:
             continue
         snapshot = resume if resume and resume["method"] == name else None
-        run = MethodRun(experiment, name, executor, record, log, progress, snapshot, versions)
+        run = MethodRun(experiment, name, executor, record, log, progress, snapshot, versions, export_dir)
 
         def checkpoint(run, index=index, name=name):
             if save_checkpoint:
@@ -630,6 +639,8 @@ def run_experiment(experiment: Experiment, executor: Executor, record, log, prog
                 versions.checkpointed = dict(versions.current)
 
         summaries[name] = run.run(checkpoint)
+        if export_dir and name == "fedgrow" and exported(experiment.scenario):
+            export_global_ligo(run.shared, export_dir, experiment)
     shared_names = sorted({n for s in summaries.values() for n in s["shared_tensor_names"]})
     return {"scenario": experiment.scenario["name"], "seed": experiment.seed,
             "methods": {name: {k: v for k, v in s.items() if k != "shared_tensor_names"}
@@ -650,6 +661,6 @@ def run_in_folder(scenario: dict, data_path, folder, make_executor: Callable[[st
             "resuming from the start: the run stopped before its first checkpoint")
     executor = make_executor(state_location(scenario["hosts"]["state_uri"], folder.path, folder.state_id))
     summary = run_experiment(Experiment(scenario, data_path), executor, folder.record, log, progress,
-                             folder.save_checkpoint, checkpoint)
+                             folder.save_checkpoint, checkpoint, str(Path(folder.path).resolve() / EXPORT_DIR))
     folder.finish(summary)
     return summary

@@ -10,7 +10,10 @@ from pathlib import PurePath
 from .sources import FORMAT_SUFFIXES, SOURCE_FAMILY, SYNTHETIC, files_family
 from .synthetic import MAX_IMAGE_CLASSES
 
-COMMON = {"source", "max_train_samples", "partition", "test_per_participant", "global_test_size"}
+COMMON = {"source", "max_train_samples", "partition", "test_per_participant", "global_test_size", "tokenizer"}
+# data.tokenizer (text): train a word-level tokenizer on the training texts, or use the one saved
+# in the participants' model.checkpoints folders
+TOKENIZERS = ("train", "from_checkpoint")
 SYNTHETIC_DEFAULTS = {"num_classes": 4, "train_size": 4000, "test_size": 1000, "label_noise": 0.05}
 PARTITION_DEFAULTS = {
     "iid": {},
@@ -49,6 +52,12 @@ def check_data_spec(raw, where: str = "data") -> dict:
     spec["test_per_participant"] = check_int(raw.get("test_per_participant", 100),
                                             f"{where}.test_per_participant", 1)
     spec["global_test_size"] = _optional(raw.get("global_test_size"), f"{where}.global_test_size", 1)
+    if spec_family(spec) == "text":
+        spec["tokenizer"] = raw.get("tokenizer", "train")
+        if spec["tokenizer"] not in TOKENIZERS:
+            raise ValueError(f"{where}.tokenizer: {spec['tokenizer']!r} is unknown; allowed: {list(TOKENIZERS)}")
+    elif raw.get("tokenizer") is not None:
+        raise ValueError(f"{where}.tokenizer: {raw['tokenizer']!r} is not allowed; images have no tokenizer")
     return spec
 
 

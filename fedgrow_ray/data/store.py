@@ -5,7 +5,8 @@ in a cache directory holding:
     train.arrow, test.arrow   encoded inputs and labels (Arrow IPC, one record batch each)
     partition.arrow           row i: participant i's train and test indices
     global_test.arrow         the indices of the shared test set
-    tokenizer.json            (text only) the word-level tokenizer
+    tokenizer.json            (text, data.tokenizer: train) the word-level tokenizer
+    tokenizer/                (text, data.tokenizer: from_checkpoint) the checkpoints' tokenizer
     meta.json                 classes, family, sizes actually used, the spec; written last
 `PreparedData.open` memory-maps it, so every participant hosted on a machine reads the same
 pages instead of holding its own copy; pickled, a PreparedData or Shard travels as its path.
@@ -45,13 +46,15 @@ INPUT_COLUMN = {"text": "input_ids", "image": "pixels"}
 
 def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir, *,
                  max_positions: int = 128, vocab_size: int = 30522, image_size: int = 32,
-                 channels: int = 3) -> Path:
+                 channels: int = 3, tokenizer_dir: str | None = None) -> Path:
     """The folder of the prepared data, building it if this cache does not hold it yet.
 
     Text uses max_positions and vocab_size (a cap: meta.json and PreparedData.vocab_size give the
     size used), images image_size and channels. Safe to call from many processes at once: one
     builds while the others wait, and a folder appears complete or not at all. Preparation is
-    deterministic, so machines without a shared cache each build the same data."""
+    deterministic, so machines without a shared cache each build the same data. With
+    data.tokenizer: from_checkpoint, texts are encoded with the Hugging Face tokenizer saved in
+    `tokenizer_dir` (vocab_size is then its own)."""
     spec = check_data_spec(spec)
     if spec_family(spec) != family:
         raise ValueError(f"data.source: {spec['source']!r} holds {spec_family(spec)} data but the "
@@ -61,6 +64,10 @@ def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir,
     if family == "text":
         sizes = {"max_positions": check_int(max_positions, "max_positions", 2),
                  "vocab_size": check_int(vocab_size, "vocab_size", len(SPECIAL_TOKENS) + 1)}
+        if spec.get("tokenizer") == "from_checkpoint":
+            if tokenizer_dir is None:
+                raise ValueError("data.tokenizer: from_checkpoint needs the checkpoint folder holding the tokenizer")
+            sizes = {"max_positions": sizes["max_positions"], "tokenizer": tokenizer_fingerprint(tokenizer_dir)}
     else:
         sizes = {"image_size": check_int(image_size, "image_size", 1), "channels": channels}
         if channels not in IMAGE_MODES:
@@ -77,14 +84,36 @@ def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir,
         # One builder per machine; the others wait here, then find the folder.
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "meta.json").is_file():
-            _build_atomically(folder, spec, family, sizes, num_participants, seed)
+            _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dir)
     return folder
 
 
-def _build_atomically(folder, spec, family, sizes, num_participants, seed):
+# The files a Hugging Face tokenizer folder may hold (WordPiece: vocab.txt; BPE: vocab.json and
+# merges.txt; fast tokenizers: tokenizer.json; and their settings).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def tokenizer_fingerprint(folder) -> str:
+    """A digest of the tokenizer files in a checkpoint folder: equal digests, the same tokenizer."""
+    digest = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            found = True
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    if not found:
+        raise ValueError(f"{folder} holds no tokenizer (none of {list(TOKENIZER_FILES)}); save one "
+                         f"beside the model with tokenizer.save_pretrained")
+    return digest.hexdigest()[:16]
+
+
+def _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dir=None):
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _build(scratch, spec, family, sizes, num_participants, seed)
+        _build(scratch, spec, family, sizes, num_participants, seed, tokenizer_dir)
         os.rename(scratch, folder)
     except OSError:
         # A process elsewhere (another machine sharing this cache) renamed its copy first.
@@ -94,7 +123,7 @@ def _build_atomically(folder, spec, family, sizes, num_participants, seed):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build(into: Path, spec, family, sizes, num_participants, seed):
+def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_dir=None):
     started = time.perf_counter()
     raw = load_source(spec, seed)
     num_classes = len(raw.class_names)
@@ -105,7 +134,25 @@ def _build(into: Path, spec, family, sizes, num_participants, seed):
     parts = partition(train_labels, num_participants, np.random.default_rng([seed, 505]),
                       **spec["partition"])
 
-    if family == "text":
+    pad_id = 0
+    if family == "text" and tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer in {tokenizer_dir} has no padding token")
+        length, pad_id = sizes["max_positions"], tokenizer.pad_token_id
+
+        def encode(texts):
+            ids = tokenizer(texts, padding="max_length", truncation=True, max_length=length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            return np.asarray(ids, dtype=np.int32).reshape(len(texts), length)
+
+        train_inputs = encode(column(raw.train, "text"))
+        test_inputs = encode(column(raw.test, "text"))
+        tokenizer.save_pretrained(str(into / "tokenizer"))
+        used = {**sizes, "vocab_size": len(tokenizer), "pad_token_id": pad_id}
+    elif family == "text":
         texts = column(raw.train, "text")
         tokenizer = train_tokenizer(texts, sizes["vocab_size"])
         train_inputs = encode_texts(tokenizer, texts, sizes["max_positions"])
@@ -116,8 +163,8 @@ def _build(into: Path, spec, family, sizes, num_participants, seed):
         train_inputs = encode_images(raw.train, sizes["image_size"], sizes["channels"])
         test_inputs = encode_images(raw.test, sizes["image_size"], sizes["channels"])
         used = sizes
-    _write_split(into / "train.arrow", family, train_inputs, train_labels)
-    _write_split(into / "test.arrow", family, test_inputs, test_labels)
+    _write_split(into / "train.arrow", family, train_inputs, train_labels, pad_id)
+    _write_split(into / "test.arrow", family, test_inputs, test_labels, pad_id)
 
     test_rng = np.random.default_rng([seed, 606])
     test_by_class = [np.flatnonzero(test_labels == k) for k in range(num_classes)]
@@ -157,11 +204,12 @@ def _files_fingerprint(spec):
     return prints
 
 
-def _write_split(path: Path, family: str, inputs: np.ndarray, labels: np.ndarray):
-    """Inputs (N, ...) as N fixed-size rows; the row shape goes in the schema metadata."""
+def _write_split(path: Path, family: str, inputs: np.ndarray, labels: np.ndarray, pad_id: int = 0):
+    """Inputs (N, ...) as N fixed-size rows; the row shape (and, for text, the padding id that
+    attention masks leave out) go in the schema metadata."""
     rows = pa.FixedSizeListArray.from_arrays(pa.array(inputs.reshape(-1)), int(np.prod(inputs.shape[1:])))
     _write(path, {INPUT_COLUMN[family]: rows, "label": pa.array(labels)},
-           {"family": family, "row_shape": json.dumps(inputs.shape[1:])})
+           {"family": family, "row_shape": json.dumps(inputs.shape[1:]), "pad_id": str(pad_id)})
 
 
 def _lists(arrays: list[np.ndarray]) -> pa.Array:
@@ -190,6 +238,7 @@ class Split:
     family: str
     inputs: np.ndarray
     labels: np.ndarray
+    pad_id: int = 0
 
     @classmethod
     def open(cls, path) -> "Split":
@@ -198,7 +247,8 @@ class Split:
         row_shape = json.loads(batch.schema.metadata[b"row_shape"])
         inputs = batch.column(INPUT_COLUMN[family]).values.to_numpy(zero_copy_only=True)
         return cls(Path(path), family, inputs.reshape(-1, *row_shape),
-                   batch.column("label").to_numpy(zero_copy_only=True))
+                   batch.column("label").to_numpy(zero_copy_only=True),
+                   int(batch.schema.metadata.get(b"pad_id", b"0")))
 
     def __reduce__(self):
         return Split.open, (self.path,)
@@ -226,7 +276,8 @@ class Shard:
         labels = torch.from_numpy(self.split.labels[rows])
         if self.split.family == "text":
             input_ids = torch.from_numpy(inputs.astype(np.int64))
-            return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "labels": labels}
+            return {"input_ids": input_ids, "attention_mask": (input_ids != self.split.pad_id).long(),
+                    "labels": labels}
         return {"pixel_values": normalise_pixels(inputs), "labels": labels}
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):

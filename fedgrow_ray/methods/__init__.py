@@ -12,6 +12,14 @@ METHODS: dict[str, type[Method]] = {
 
 
 def get_method(name: str, experiment) -> Method:
+    """The built-in method called `name`, or a Method subclass named by an import path
+    (fedgrow_ray.plugins), whose rows and results are then named by that path."""
+    from ..plugins import is_import_path, load
+
+    if is_import_path(name):
+        method = load(name, "method", Method)(experiment)
+        method.name = name
+        return method
     if name not in METHODS:
         raise ValueError(f"method {name!r} is unknown; allowed: {sorted(METHODS)}")
     return METHODS[name](experiment)

@@ -96,8 +96,9 @@ class FedGrow(Method):
     # ---- participant side ---------------------------------------------------------------------
     def new_state(self, participant) -> GrowthState:
         exp = self.experiment
-        dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, **exp.ligo_options,
-                        seed=derive_seed(exp.seed, participant.id, "ligo-init")).to(participant.device)
+        dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, family=exp.family,
+                        **exp.ligo_options, seed=derive_seed(exp.seed, participant.id, "ligo-init")
+                        ).to(participant.device)
         if not self.shares:  # a private Global-LiGO starts where fedgrow's shared one does
             dual.load_global_state(self.initial_global)
         trained = list(dual.global_ligo.parameters())

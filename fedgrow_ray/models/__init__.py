@@ -13,11 +13,25 @@ from .vit import ImageFamily
 FAMILIES = {"text": TextFamily, "image": ImageFamily}
 
 
-def get_family(name: str, **sizes) -> Family:
-    """The family called `name` ("text" or "image") with its fixed sizes."""
+def family_class(name: str) -> type[Family]:
+    """The family class called `name` ("text" or "image"), or a subclass of TextFamily or
+    ImageFamily named by an import path (fedgrow_ray.plugins)."""
+    from ..plugins import is_import_path, load
+
+    if is_import_path(name):
+        cls = load(name, "model family", Family)
+        if not issubclass(cls, (TextFamily, ImageFamily)):
+            raise ValueError(f"model family {name!r} is not a subclass of TextFamily or ImageFamily "
+                             f"(which says the data it reads)")
+        return cls
     if name not in FAMILIES:
-        raise ValueError(f"model family {name!r} is unknown; allowed: {sorted(FAMILIES)}")
-    cls = FAMILIES[name]
+        raise ValueError(f"model family {name!r} is unknown; allowed: {sorted(FAMILIES)} or an import path")
+    return FAMILIES[name]
+
+
+def get_family(name: str, **sizes) -> Family:
+    """The family called `name` ("text", "image" or an import path) with its fixed sizes."""
+    cls = family_class(name)
     allowed = set(cls.__dataclass_fields__)
     unknown = sorted(set(sizes) - allowed)
     if unknown:
@@ -26,7 +40,8 @@ def get_family(name: str, **sizes) -> Family:
 
 
 def family_of(model) -> Family:
-    """The family (with its fixed sizes) of a Hugging Face model this project can grow."""
+    """The built-in family (with its fixed sizes) of a Hugging Face model this project can grow
+    (a plug-in family is passed where it is meant: DualLiGO's `family`)."""
     for cls in FAMILIES.values():
         if isinstance(model, cls.model_class):
             return cls.from_config(model.config)
@@ -34,5 +49,5 @@ def family_of(model) -> Family:
                      f"{[c.model_class.__name__ for c in FAMILIES.values()]}")
 
 
-__all__ = ["FAMILIES", "GLOBAL_KINDS", "LAYER_KINDS", "Family", "ImageFamily", "Role", "Shape",
+__all__ = ["FAMILIES", "family_class", "GLOBAL_KINDS", "LAYER_KINDS", "Family", "ImageFamily", "Role", "Shape",
            "TextFamily", "family_of", "get_family"]

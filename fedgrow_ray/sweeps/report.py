@@ -1,5 +1,6 @@
-"""What a sweep shows a reader: sweep.md (Markdown tables to paste as they are) and one figure
-of accuracy against round, bytes and FLOPs per setting, with 95% bands over seeds."""
+"""What a sweep shows a reader: sweep.md (Markdown tables to paste as they are), one figure
+of accuracy against round, bytes and FLOPs per setting, with 95% bands over seeds, and the same
+accuracy curves as TensorBoard events."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import yaml
 from pathlib import Path
 
 from ..outputs import atomic_write
+from ..tracking import write_sweep_events
 from .stats import REFERENCE_METHOD, t_interval
 
 ACCURACY = ".3f"
@@ -138,6 +140,27 @@ def _curves(rows: list[dict], method: str) -> dict:
     return points
 
 
+def _setting_series(runs: list[dict]) -> dict[str, dict[str, list]]:
+    """Per method: by round, the mean over seeds of MiB sent, FLOPs and accuracy, and the
+    accuracy's 95% t-interval (its ends equal the mean with one seed; `interval` None then)."""
+    out = {}
+    for method in dict.fromkeys(m for run in runs for m in run["summary"]["methods"]):
+        per_seed = [_curves(run["rows"], method) for run in runs]
+        series = {"round": [], "bytes": [], "flops": [], "mean": [], "low": [], "high": [], "interval": []}
+        for r in sorted({r for points in per_seed for r in points}):
+            at = [points[r] for points in per_seed if r in points]
+            mean, interval = t_interval(p[2] for p in at)
+            series["round"].append(r)
+            series["bytes"].append(sum(p[0] for p in at) / len(at))
+            series["flops"].append(sum(p[1] for p in at) / len(at))
+            series["mean"].append(mean)
+            series["low"].append(interval[0] if interval else mean)
+            series["high"].append(interval[1] if interval else mean)
+            series["interval"].append(interval)
+        out[method] = series
+    return out
+
+
 def plot_setting(runs: list[dict], path: Path) -> None:
     """Accuracy against round, MiB sent and FLOPs, one line per method (the mean over seeds at
     each round, x too) and a band (the 95% t-interval over seeds, where there are two or more)."""
@@ -147,20 +170,7 @@ def plot_setting(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    methods = list(dict.fromkeys(m for run in runs for m in run["summary"]["methods"]))
-    for method in methods:
-        per_seed = [_curves(run["rows"], method) for run in runs]
-        rounds = sorted({r for points in per_seed for r in points})
-        series = {"round": [], "bytes": [], "flops": [], "mean": [], "low": [], "high": []}
-        for r in rounds:
-            at = [points[r] for points in per_seed if r in points]
-            mean, interval = t_interval(p[2] for p in at)
-            series["round"].append(r)
-            series["bytes"].append(sum(p[0] for p in at) / len(at))
-            series["flops"].append(sum(p[1] for p in at) / len(at))
-            series["mean"].append(mean)
-            series["low"].append(interval[0] if interval else mean)
-            series["high"].append(interval[1] if interval else mean)
+    for method, series in _setting_series(runs).items():
         for ax, x in zip(axes, ("round", "bytes", "flops")):
             line, = ax.plot(series[x], series["mean"], marker="o", label=method)
             ax.fill_between(series[x], series["low"], series["high"], color=line.get_color(), alpha=0.2)
@@ -181,14 +191,27 @@ def plot_setting(runs: list[dict], path: Path) -> None:
 
 
 def write_report(folder: Path, document: dict, runs: list[dict]) -> str:
-    """sweep.md and curves-<setting>.png in the sweep folder (and privacy.md, privacy.png);
-    returns the Markdown."""
+    """sweep.md, curves-<setting>.png, the aggregate's TensorBoard events (fedgrow_ray.tracking)
+    and, when measured, privacy.md and privacy.png in the sweep folder; returns the Markdown."""
     from ..privacy.report import write_privacy_report
-    privacy = write_privacy_report(folder, runs)  # privacy.md and privacy.png, when measured
+    privacy = write_privacy_report(folder, runs)
     text = sweep_markdown(document) + (f"\n{privacy}" if privacy else "")
     atomic_write(folder / "sweep.md", text)
     for setting in document["settings"]:
         of_setting = [r for r in runs if r["setting"] == setting["name"]]
         if of_setting:
             plot_setting(of_setting, folder / f"curves-{setting['name']}.png")
+    write_sweep_events(folder, sweep_curves(document, runs))
     return text
+
+
+def sweep_curves(document: dict, runs: list[dict]) -> dict:
+    """{setting: {method: [(round, mean accuracy over seeds, its 95% interval or None)]}}."""
+    curves = {}
+    for setting in document["settings"]:
+        of_setting = [r for r in runs if r["setting"] == setting["name"]]
+        if of_setting:
+            curves[setting["name"]] = {
+                method: list(zip(series["round"], series["mean"], series["interval"]))
+                for method, series in _setting_series(of_setting).items()}
+    return curves
