@@ -88,7 +88,14 @@ def export_participant(model: torch.nn.Module, export_dir: str | Path, pid: int,
     model.config.label2id = {str(name): i for i, name in enumerate(names)}
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        model.save_pretrained(scratch, safe_serialization=True)
+        from transformers.utils import logging as hf_logging
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one shard per model: a bar per participant is noise
+        try:
+            model.save_pretrained(scratch, safe_serialization=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         _preprocessor(experiment).save_pretrained(scratch)
         if final.exists():
             shutil.rmtree(final)
