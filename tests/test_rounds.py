@@ -77,9 +77,12 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     launch.Progress(tty).update({**event, "phase": "train"})
     assert tty.getvalue().startswith("fedgrow round 2/4 [######") and "participants 4/8" in tty.getvalue()
     plain = io.StringIO()
-    progress = launch.Progress(plain)
-    progress.update({**event, "phase": "train"})
+    clock = iter([0.0, 30.0, 30.0, 45.0])
+    progress = launch.Progress(plain, clock=lambda: next(clock))
+    progress.update({**event, "phase": "train"})  # first seen at 1.5 rounds done
     assert plain.getvalue() == ""
     for _ in range(2):  # a round's end is reported once
         progress.update({**event, "phase": "end", "done": 8})
-    assert plain.getvalue() == "fedgrow round 2/4: 8/8 participants done, accuracy 0.500\n"
+    # half a round in 30 s: the 2 rounds left take about 2 minutes
+    assert plain.getvalue() == ("fedgrow round 2/4: 8/8 participants done, accuracy 0.500, "
+                                "elapsed 30 s, about 2 min 00 s left\n")
