@@ -34,16 +34,21 @@ def _document() -> dict:
             "fedgrow": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 200, 100, 0.05),
             "fedavg_scratch": _method({"0": 0.7, "1": 0.6}, 400, 300, 0.05 + lift),
             "independent_growth": _method({"0": 0.7 + lift, "1": 0.6 + lift - 0.01 * seed}, 200, 0, 0.05)}}})
+        if seed < 2:  # a setting with fewer seeds done (a sweep stopped early)
+            runs.append({"setting": "joint", "seed": seed, "summary": {"methods": {
+                "fedgrow": _method({"0": 0.6, "1": 0.5}, 250, 100, 0.05),
+                "independent_growth": _method({"0": 0.65, "1": 0.55}, 250, 0, 0.05)}}})
         runs.append({"setting": "equal-bytes", "seed": seed, "summary": {"methods": {
             "fedgrow": _method({"0": 0.7, "1": 0.6}, 200, 300, 0.05),
             "fedavg_scratch": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 400, 300, 0.05)}}})
     scenario = resolve_scenario(TINY)
     return {"command": "python launch.py tiny.yaml", "commit": "0" * 40, "dirty": False, "seeds": [0, 1, 2],
             "scenario": scenario, "settings": [{"name": "paper", "values": {}},
-                                               {"name": "equal-bytes", "values": {"budget.bytes": 600}}],
+                                               {"name": "joint", "values": {"training.joint_local": True}},
+                                               {"name": "equal-bytes", "values": {"budget.bytes": 6e8}}],
             "runs": [{"path": f"{r['setting']}/seed-{r['seed']}", "status": "completed", "started": 0.0,
                       "ended": 3600.0} for r in runs],
-            **summarise(runs, ["paper", "equal-bytes"])}
+            **summarise(runs, ["paper", "joint", "equal-bytes"])}
 
 
 def test_wall_time_counts_overlapping_runs_once_and_leaves_out_a_pause():
@@ -85,6 +90,17 @@ def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path):
     with pytest.raises(ValueError, match="no '<!-- results:begin -->'"):
         update_readme(bare, section)
     assert bare.read_text() == "no markers\n"
+
+
+def test_each_setting_says_how_many_seeds_it_has_and_budgets_read_plainly():
+    """Guards the per-dataset tables: a setting with fewer seeds done than the sweep's says so in
+    its row, its paired difference against its twin is there, and a budget is written as a
+    number a person reads (6e+08, not 600000000.0)."""
+    section = results_section({"toy": _document()})
+    joint = next(line for line in section.splitlines() if line.startswith("| joint |"))
+    assert joint.startswith("| joint | 2 | 0.550 [") and "| -0.050 [" in joint
+    assert "| paper | 3 |" in section
+    assert "**Equal communication** (`budget.bytes: 6e+08`;" in section
 
 
 def test_a_missing_sweep_folder_is_one_line_and_exit_2(tmp_path, capsys):

@@ -163,15 +163,16 @@ def _setting_table(doc: dict, setting: str) -> list[str]:
 
 def _variants_table(doc: dict) -> list[str]:
     """fedgrow and independent_growth in every protocol / initialisation setting."""
-    lines = ["| setting | fedgrow | independent_growth | fedgrow - independent_growth | fedgrow: setting - paper "
-             "| independent_growth: setting - paper |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | seeds | fedgrow | independent_growth | fedgrow - independent_growth | fedgrow: setting - paper "
+             "| independent_growth: setting - paper |", "|---|---|---|---|---|---|---|"]
     for setting in _settings(doc):
         if setting.startswith("equal-"):
             continue
         grow, alone = _result(doc, setting, "fedgrow"), _result(doc, setting, "independent_growth")
         if not grow or not alone:
             continue
-        lines.append(f"| {setting} | {_interval(grow['accuracy_mean'], grow['accuracy_ci95'])} "
+        lines.append(f"| {setting} | {min(grow['seeds'], alone['seeds'])} "
+                     f"| {_interval(grow['accuracy_mean'], grow['accuracy_ci95'])} "
                      f"| {_interval(alone['accuracy_mean'], alone['accuracy_ci95'])} "
                      f"| {_difference(_paired(doc, setting, 'independent_growth'))} "
                      f"| {_difference(_paired_setting(doc, setting, 'fedgrow')) if setting != PAPER else '–'} "
@@ -191,7 +192,8 @@ def _budget_table(doc: dict, setting: str) -> list[str]:
 
 def _values(doc: dict, setting: str) -> str:
     values = next((s["values"] for s in doc["settings"] if s["name"] == setting), {})
-    return ", ".join(f"`{k}: {v}`" for k, v in values.items() if k != "methods")
+    return ", ".join(f"`{k}: {v:g}`" if isinstance(v, float) else f"`{k}: {v}`"
+                     for k, v in values.items() if k != "methods")
 
 
 def dataset_section(label: str, doc: dict) -> list[str]:
