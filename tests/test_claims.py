@@ -34,6 +34,9 @@ def _document() -> dict:
             "fedgrow": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 200, 100, 0.05),
             "fedavg_scratch": _method({"0": 0.7, "1": 0.6}, 400, 300, 0.05 + lift),
             "independent_growth": _method({"0": 0.7 + lift, "1": 0.6 + lift - 0.01 * seed}, 200, 0, 0.05)}}})
+        runs.append({"setting": "equal-flops", "seed": seed, "summary": {"methods": {
+            "fedgrow": _method({"0": 0.7, "1": 0.6}, 200, 100, 0.05),
+            "local_small": _method({"0": 0.7 + lift, "1": 0.6 + lift}, 100, 0, 0.05)}}})
         if seed < 2:  # a setting with fewer seeds done (a sweep stopped early)
             runs.append({"setting": "joint", "seed": seed, "summary": {"methods": {
                 "fedgrow": _method({"0": 0.6, "1": 0.5}, 250, 100, 0.05),
@@ -45,10 +48,11 @@ def _document() -> dict:
     return {"command": "python launch.py tiny.yaml", "commit": "0" * 40, "dirty": False, "seeds": [0, 1, 2],
             "scenario": scenario, "settings": [{"name": "paper", "values": {}},
                                                {"name": "joint", "values": {"training.joint_local": True}},
-                                               {"name": "equal-bytes", "values": {"budget.bytes": 6e8}}],
+                                               {"name": "equal-bytes", "values": {"budget.bytes": 6e8}},
+                                               {"name": "equal-flops", "values": {"budget.flops": 1e12}}],
             "runs": [{"path": f"{r['setting']}/seed-{r['seed']}", "status": "completed", "started": 0.0,
                       "ended": 3600.0} for r in runs],
-            **summarise(runs, ["paper", "joint", "equal-bytes"])}
+            **summarise(runs, ["paper", "joint", "equal-bytes", "equal-flops"])}
 
 
 def test_wall_time_counts_overlapping_runs_once_and_leaves_out_a_pause():
@@ -74,6 +78,9 @@ def test_claims_table_states_what_was_measured_and_the_verdict():
     assert "66.7% fewer bytes than fedavg_scratch" in table and "less, by less than claimed" in table
     equal = next(line for line in table.splitlines() if line.startswith("| comparable accuracy under the same"))
     assert "-0.025 [" in equal and "does not hold" in equal
+    compute = next(line for line in table.splitlines() if "at the same compute" in line)
+    assert "as accurate as local_small" in compute and "fedgrow - local_small: -0.025 [" in compute
+    assert compute.endswith("| does not hold |")
 
 
 def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path):

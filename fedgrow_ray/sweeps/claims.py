@@ -142,6 +142,12 @@ def claims_table(sweeps: dict[str, dict]) -> list[str]:
             lines.append(f"| comparable accuracy under the same communication | {label} | equal bytes, "
                          f"fedgrow - fedavg_scratch: {_difference(bytes_entry)}, {bytes_entry['seeds']} seeds | "
                          f"{verdict(bytes_entry)} (as 'at least as accurate') |")
+        for baseline in BASELINES:  # not the paper's claim: what growing costs in compute
+            flops_entry = _paired(doc, "equal-flops", baseline)
+            if flops_entry:
+                lines.append(f"| (not claimed by the paper) at least as accurate as {baseline} at the same "
+                             f"compute | {label} | equal FLOPs, fedgrow - {baseline}: {_difference(flops_entry)}, "
+                             f"{flops_entry['seeds']} seeds | {verdict(flops_entry)} |")
     return lines
 
 
