@@ -204,6 +204,14 @@ def test_epsilon_in_every_row_and_in_the_summary(private_run):
     assert all(r["aggregated"] == r["completed"] for r in masked)
 
 
+def test_only_global_ligo_leaves_a_participant_under_dp_and_secure_aggregation(cache, tmp_path):
+    """A privacy mechanism that made a participant send anything but Global-LiGO (its mask
+    material named after private tensors, a clipped full state) breaks this boundary check."""
+    summary, _, _ = local_run(tiny("methods=[fedgrow]", "rounds=1", *PRIVATE[3:6]), cache, tmp_path / "run")
+    names = summary["shared_tensor_names"]
+    assert names and all(name.startswith("global_ligo.") for name in names)
+
+
 def test_driver_holds_only_masked_updates(cache):
     """A host that returned its clipped update unmasked (or a driver that did not check) breaks
     this: what arrives at the driver is ring elements, uncorrelated with the plain update of the
