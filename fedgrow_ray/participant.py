@@ -455,22 +455,24 @@ class ParticipantHost:
                     if global_test is not None:
                         labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
                         result["global_accuracy"] = accuracy(labels, predictions)
-                    if final and self.experiment.scenario["privacy"]["attack"] is not None:
-                        result.update(self._membership(method, owner, state, shared))
-                    if final and export and pid in export["participants"]:
-                        export_participant(method.standalone_model(owner, state, shared), export["dir"],
-                                           pid, self.experiment)
+                    attack = final and self.experiment.scenario["privacy"]["attack"] is not None
+                    exported = final and export and pid in export["participants"]
+                    if attack or exported:  # the deployed model, materialised once for both
+                        deployed = method.standalone_model(owner, state, shared)
+                    if attack:
+                        result.update(self._membership(method, deployed, owner, shared))
+                    if exported:
+                        export_participant(deployed, export["dir"], pid, self.experiment)
                 if finished:
                     self._persist(owner, state_version(method_name), checkpointed)
             results.append({**result, "version": owner.version})
         return results
 
-    def _membership(self, method: Method, owner: Participant, state, shared) -> dict:
-        """privacy.attack: membership inference against the participant's deployed model and
+    def _membership(self, method: Method, model: nn.Module, owner: Participant, shared) -> dict:
+        """privacy.attack: membership inference against the participant's deployed `model` and
         against what the server holds (privacy/attacks.py); measurements only."""
         if self._audit is None:
             self._audit = MembershipAudit(self.experiment, self.device)
-        model = method.standalone_model(owner, state, shared)
         return {**self._audit.deployed(model, owner.id),
                 **self._audit.server(shared, method.initial_shared(), owner.id)}
 
