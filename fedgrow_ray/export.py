@@ -51,14 +51,15 @@ def participant_folder(export_dir: str | Path, pid: int) -> Path:
     return Path(export_dir) / f"participant_{pid}"
 
 
-def _preprocessor(experiment):
-    """The tokenizer (text) or image processor (image) that makes this run's model inputs."""
+def _preprocessor(experiment, pid: int):
+    """The tokenizer (text) or image processor (image) that makes participant `pid`'s inputs."""
     family = experiment.family
-    if family.name == "text" and (Path(experiment.data.path) / "tokenizer").is_dir():
+    data = experiment.data_of(pid)
+    if family.name == "text" and (data.folder / "tokenizer").is_dir():
         from transformers import AutoTokenizer
 
-        # data.tokenizer: from_checkpoint: the checkpoints' own tokenizer, as the data used it.
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(experiment.data.path) / "tokenizer"))
+        # data.tokenizer: from_checkpoint: its checkpoint's own tokenizer, as the data used it.
+        tokenizer = AutoTokenizer.from_pretrained(str(data.folder / "tokenizer"))
         tokenizer.model_max_length = experiment.scenario["model"]["max_positions"]
         return tokenizer
     if family.name == "text":
@@ -96,7 +97,7 @@ def export_participant(model: torch.nn.Module, export_dir: str | Path, pid: int,
         finally:
             if shown:
                 hf_logging.enable_progress_bar()
-        _preprocessor(experiment).save_pretrained(scratch)
+        _preprocessor(experiment, pid).save_pretrained(scratch)
         if final.exists():
             shutil.rmtree(final)
         os.rename(scratch, final)

@@ -108,9 +108,9 @@ class Participant:
             exp = self.experiment
             checkpoint = exp.checkpoint_path(self.id)
             if checkpoint is not None:
-                model, _ = exp.family.load(str(checkpoint))
+                model, _ = exp.family_of(self.id).load(str(checkpoint))
             else:
-                model = exp.family.build(self.shape, seed=derive_seed(exp.seed, self.id, "small-init"))
+                model = exp.family_of(self.id).build(self.shape, seed=derive_seed(exp.seed, self.id, "small-init"))
             model.to(self.device).train()
             steps = exp.pretrain_steps(self.id)
             if steps:
@@ -156,7 +156,7 @@ class Participant:
 
     def load_state_dict(self, saved: dict, methods: dict[str, Method]) -> None:
         if saved["small_model"] is not None:
-            model = self.experiment.family.build(self.shape)
+            model = self.experiment.family_of(self.id).build(self.shape)
             model.load_state_dict(saved["small_model"])
             self._small_model = model.to(self.device).eval().requires_grad_(False)
         for name, state in saved["methods"].items():
@@ -441,7 +441,7 @@ class ParticipantHost:
         batch_size = self.experiment.scenario["eval"]["batch_size"]
         if subject is not None:
             return self._evaluate_pooled(method, pids, shared, final, subject, batch_size, expected)
-        global_test = self.experiment.data.global_test if self.experiment.scenario["eval"]["global"] else None
+        scores_global = self.experiment.scenario["eval"]["global"]
         results = []
         for pid in pids:
             base, checkpointed = expected[pid] if expected else (UNKNOWN, None)
@@ -452,8 +452,9 @@ class ParticipantHost:
                     state, finished = self._final_state(method, owner, shared, final)
                     result = {"id": pid, **_scores(method.predict(owner, state, shared, owner.data.test, batch_size)),
                               "trainable_params": trainable, **origin}
-                    if global_test is not None:
-                        labels, predictions = method.predict(owner, state, shared, global_test, batch_size)
+                    if scores_global:  # encoded with this participant's tokenizer
+                        labels, predictions = method.predict(owner, state, shared,
+                                                             self.experiment.global_test(pid), batch_size)
                         result["global_accuracy"] = accuracy(labels, predictions)
                     attack = final and self.experiment.scenario["privacy"]["attack"] is not None
                     exported = final and export and pid in export["participants"]

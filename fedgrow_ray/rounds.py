@@ -231,7 +231,7 @@ class MethodRun:
             if shape is None:
                 why = f"participant {pid} excluded: {reason}"
             else:
-                need, budget = self.method.memory_mb(shape), self.exp.profile(pid).memory_mb
+                need, budget = self.method.memory_mb(shape, pid), self.exp.profile(pid).memory_mb
                 why = None if need <= budget else (
                     f"participant {pid} excluded from {self.method.name}: memory budget "
                     f"{format_mib(budget)} MiB < {format_mib(need)} MiB needed")
@@ -329,7 +329,7 @@ class MethodRun:
         upload = self.method.upload_bytes(self.shared)
         flops_each = {}
         for pid in reachable:
-            flops_each[pid] = self.method.round_flops(self.exp.small_shape(pid)[0])
+            flops_each[pid] = self.method.round_flops(self.exp.small_shape(pid)[0], pid)
             times[pid] = simulated_time(self.exp.profile(pid), flops_each[pid], upload, download[pid], reference)
         keep_first = None
         if sampling["over_selection"] > 1.0:

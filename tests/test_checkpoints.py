@@ -3,13 +3,15 @@ config and tokenizer (data.tokenizer: from_checkpoint), checkpoints of different
 grown to one target, texts encoded with the checkpoints' WordPiece tokenizer."""
 
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, BertTokenizerFast)
+                          BertForSequenceClassification, BertTokenizerFast,
+                          PreTrainedTokenizerFast)
 
 import launch
 from conftest import TINY, tiny
@@ -92,17 +94,102 @@ def test_checkpoints_of_different_shapes_with_their_own_tokenizer_grow_to_one_ta
         summary["methods"]["fedgrow"]["per_participant_accuracy"]["1"]
 
 
-def test_checkpoints_with_different_tokenizers_are_bad_input(checkpoints, tmp_path):
-    """Guards against participants whose checkpoints hold different tokenizers being encoded
-    with one of them (their token ids would mean other words)."""
-    root, _, texts = checkpoints
-    mixed = tmp_path / "mixed"
-    for pid in range(3):
-        source = root / f"participant_{pid}"
-        (mixed / f"participant_{pid}").mkdir(parents=True)
-        for f in source.iterdir():
-            (mixed / f"participant_{pid}" / f.name).write_bytes(f.read_bytes())
-    wordpiece(texts, 120).save_pretrained(mixed / "participant_2")
-    with pytest.raises(ValueError, match=r"'data.tokenizer': from_checkpoint: participant 2's checkpoint .* "
-                                         r"holds another tokenizer"):
-        prepare_scenario_data(scenario_of(mixed), str(tmp_path / "cache"))
+def bpe(texts, vocab_size):
+    """A byte-level BPE tokenizer trained on `texts` (GPT-2 style; padding id 1, not 0)."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def mixed(checkpoints, tmp_path_factory):
+    """Participants 0 and 1 as above (WordPiece, 200 entries); participant 2 a BERT of its own
+    shape whose checkpoint holds a byte-level BPE tokenizer with another vocabulary."""
+    root, wordpieces, texts = checkpoints
+    mixed = tmp_path_factory.mktemp("mixed")
+    for pid in range(2):
+        (mixed / f"participant_{pid}").symlink_to(root / f"participant_{pid}")
+    tokenizer = bpe(texts, 400)
+    torch.manual_seed(2)
+    width, layers, heads, ffn = SHAPES[2]
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=width, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=ffn, num_labels=4, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(mixed / "participant_2")
+    tokenizer.save_pretrained(mixed / "participant_2")
+    return mixed, wordpieces, tokenizer
+
+
+def test_participants_with_different_tokenizers_each_use_their_own(mixed, cache, tmp_path):
+    """Guards against a participant's texts being encoded with another participant's tokenizer
+    (token ids meaning other words), its model given another vocabulary, or its exported model
+    leaving with the wrong tokenizer, when the checkpoints' tokenizers differ (WordPiece and BPE)."""
+    root, wordpieces, bpes = mixed
+    scenario = tiny("participants=3", "rounds=2", "data.tokenizer=from_checkpoint",
+                    f"model.checkpoints={root}/participant_{{id}}", "export=all",
+                    "methods=[fedgrow, independent_growth, local_small]")
+    data = prepare_scenario_data(scenario, cache)
+    exp = Experiment(scenario, data)
+    assert [exp.encoding_of(p) for p in range(3)] == [0, 0, 1]
+    assert [exp.family_of(p).vocab_size for p in range(3)] == [len(wordpieces)] * 2 + [len(bpes)]
+    assert len(wordpieces) != len(bpes)
+    train_texts = column(load_source(check_data_spec(scenario["data"]), scenario["seed"]).train, "text")
+    for pid, tokenizer in ((0, wordpieces), (2, bpes)):
+        shard = exp.participant_data(pid).train
+        expected = tokenizer([train_texts[i] for i in shard.indices[:10]], padding="max_length",
+                             truncation=True, max_length=16)
+        batch = shard.batch(np.arange(10))
+        assert np.array_equal(batch["input_ids"].numpy(), np.asarray(expected["input_ids"]))
+        assert np.array_equal(batch["attention_mask"].numpy(), np.asarray(expected["attention_mask"]))
+    # the same rows for every encoding: one partition
+    assert np.array_equal(exp.participant_data(2).train.indices, PreparedData.open(data).participant(2).train.indices)
+    # a participant's costs count its own vocabulary's embedding table
+    assert exp.params(exp.target, 2) - exp.params(exp.target, 0) == \
+        (len(bpes) - len(wordpieces)) * exp.target.width
+
+    host = ParticipantHost(scenario, str(data))
+    saved = AutoModelForSequenceClassification.from_pretrained(root / "participant_2").state_dict()
+    loaded = host.participant(2).small_model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+    out = tmp_path / "run"
+    summary = launch.run(scenario, out=out, executor="local", cache=cache, progress=launch.Progress(io.StringIO()))
+    test_texts = column(load_source(check_data_spec(scenario["data"]), scenario["seed"]).test, "text")
+    for pid, tokenizer in ((0, wordpieces), (2, bpes)):
+        exported = out / "export" / f"participant_{pid}"
+        grown = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+        assert grown.config.vocab_size == len(tokenizer) and grown.config.hidden_size == 32
+        loaded_tokenizer = AutoTokenizer.from_pretrained(exported)
+        assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+        rows = exp.participant_data(pid).test.indices
+        batch = loaded_tokenizer([test_texts[i] for i in rows], padding="max_length", truncation=True,
+                                 max_length=16, return_tensors="pt")
+        with torch.no_grad():
+            predictions = grown(**batch).logits.argmax(-1).numpy()
+        assert float((predictions == exp.participant_data(pid).test.labels).mean()) == \
+            summary["methods"]["fedgrow"]["per_participant_accuracy"][str(pid)]
+    # one Global-LiGO for all three: every round aggregated the three uploads, WordPiece and BPE
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["aggregated"] for r in rows if r["method"] == "fedgrow" and r["round"] >= 1] == [3, 3]
+
+
+@pytest.mark.parametrize("override, named", [("methods=[fedgrow, fedavg_scratch]", "'fedavg_scratch'"),
+                                             ("methods=[centralized]", "'centralized'"),
+                                             ("protocol=reference-code", "'fedgrow' with protocol 'reference-code'")])
+def test_whole_model_methods_with_different_tokenizers_are_bad_input(mixed, cache, tmp_path, override, named):
+    """Guards against averaging or pooling whole models (embedding tables) across participants
+    whose token ids mean different words."""
+    root = mixed[0]
+    scenario = tiny("participants=3", "rounds=1", "data.tokenizer=from_checkpoint",
+                    f"model.checkpoints={root}/participant_{{id}}", override)
+    out = tmp_path / "run"
+    with pytest.raises(launch.LaunchError, match=rf"^error: scenario key 'methods': {named} shares or pools whole models, "
+                                         rf"which needs one vocabulary, but the participants' checkpoints "
+                                         rf"hold 2 different tokenizers"):
+        launch.run(scenario, out=out, executor="local", cache=cache, progress=launch.Progress(io.StringIO()))
+    assert not out.exists()

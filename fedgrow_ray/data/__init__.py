@@ -43,8 +43,8 @@ The `data:` keys of a scenario (defaults after `=`):
     global_test_size = null     the shared test set: a seeded subset of this size, null = all
     tokenizer = train       text only: train a word-level tokenizer on the training texts (at
                             most vocab_size entries), or from_checkpoint: encode with the
-                            Hugging Face tokenizer saved in the participants' model.checkpoints
-                            folders (WordPiece, BPE, ...; all must hold the same one)
+                            Hugging Face tokenizer saved in each participant's model.checkpoints
+                            folder (WordPiece, BPE, ...; one encoding per distinct tokenizer)
 
 Datasets offline: a Hugging Face source must be in the local cache of every node that hosts
 participants. On a machine with internet, either run

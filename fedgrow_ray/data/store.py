@@ -7,6 +7,9 @@ in a cache directory holding:
     global_test.arrow         the indices of the shared test set
     tokenizer.json            (text, data.tokenizer: train) the word-level tokenizer
     tokenizer/                (text, data.tokenizer: from_checkpoint) the checkpoints' tokenizer
+    encodings/<k>/            (from_checkpoint with k+1 distinct tokenizers) the same texts encoded
+                              with tokenizer k: train.arrow, test.arrow, tokenizer/ (the root's
+                              files are encoding 0)
     meta.json                 classes, family, sizes actually used, the spec; written last
 `PreparedData.open` memory-maps it, so every participant hosted on a machine reads the same
 pages instead of holding its own copy; pickled, a PreparedData or Shard travels as its path.
@@ -46,15 +49,16 @@ INPUT_COLUMN = {"text": "input_ids", "image": "pixels"}
 
 def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir, *,
                  max_positions: int = 128, vocab_size: int = 30522, image_size: int = 32,
-                 channels: int = 3, tokenizer_dir: str | None = None) -> Path:
+                 channels: int = 3, tokenizer_dirs: list | None = None) -> Path:
     """The folder of the prepared data, building it if this cache does not hold it yet.
 
     Text uses max_positions and vocab_size (a cap: meta.json and PreparedData.vocab_size give the
     size used), images image_size and channels. Safe to call from many processes at once: one
     builds while the others wait, and a folder appears complete or not at all. Preparation is
     deterministic, so machines without a shared cache each build the same data. With
-    data.tokenizer: from_checkpoint, texts are encoded with the Hugging Face tokenizer saved in
-    `tokenizer_dir` (vocab_size is then its own)."""
+    data.tokenizer: from_checkpoint, texts are encoded with each Hugging Face tokenizer saved in
+    `tokenizer_dirs` (distinct tokenizers; vocab_size is then each one's own): one encoding per
+    tokenizer, all sharing the partition and the test sets (`PreparedData.open(path, k)`)."""
     spec = check_data_spec(spec)
     if spec_family(spec) != family:
         raise ValueError(f"data.source: {spec['source']!r} holds {spec_family(spec)} data but the "
@@ -65,9 +69,10 @@ def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir,
         sizes = {"max_positions": check_int(max_positions, "max_positions", 2),
                  "vocab_size": check_int(vocab_size, "vocab_size", len(SPECIAL_TOKENS) + 1)}
         if spec.get("tokenizer") == "from_checkpoint":
-            if tokenizer_dir is None:
-                raise ValueError("data.tokenizer: from_checkpoint needs the checkpoint folder holding the tokenizer")
-            sizes = {"max_positions": sizes["max_positions"], "tokenizer": tokenizer_fingerprint(tokenizer_dir)}
+            if not tokenizer_dirs:
+                raise ValueError("data.tokenizer: from_checkpoint needs the checkpoint folders holding the tokenizers")
+            sizes = {"max_positions": sizes["max_positions"],
+                     "tokenizers": [tokenizer_fingerprint(folder) for folder in tokenizer_dirs]}
     else:
         sizes = {"image_size": check_int(image_size, "image_size", 1), "channels": channels}
         if channels not in IMAGE_MODES:
@@ -84,7 +89,7 @@ def prepare_data(spec, family: str, num_participants: int, seed: int, cache_dir,
         # One builder per machine; the others wait here, then find the folder.
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "meta.json").is_file():
-            _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dir)
+            _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dirs)
     return folder
 
 
@@ -110,10 +115,10 @@ def tokenizer_fingerprint(folder) -> str:
     return digest.hexdigest()[:16]
 
 
-def _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dir=None):
+def _build_atomically(folder, spec, family, sizes, num_participants, seed, tokenizer_dirs=None):
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _build(scratch, spec, family, sizes, num_participants, seed, tokenizer_dir)
+        _build(scratch, spec, family, sizes, num_participants, seed, tokenizer_dirs)
         os.rename(scratch, folder)
     except OSError:
         # A process elsewhere (another machine sharing this cache) renamed its copy first.
@@ -123,7 +128,7 @@ def _build_atomically(folder, spec, family, sizes, num_participants, seed, token
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_dir=None):
+def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_dirs=None):
     started = time.perf_counter()
     raw = load_source(spec, seed)
     num_classes = len(raw.class_names)
@@ -134,37 +139,31 @@ def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_di
     parts = partition(train_labels, num_participants, np.random.default_rng([seed, 505]),
                       **spec["partition"])
 
-    pad_id = 0
-    if family == "text" and tokenizer_dir is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-        if tokenizer.pad_token_id is None:
-            raise ValueError(f"the tokenizer in {tokenizer_dir} has no padding token")
-        length, pad_id = sizes["max_positions"], tokenizer.pad_token_id
-
-        def encode(texts):
-            ids = tokenizer(texts, padding="max_length", truncation=True, max_length=length,
-                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            return np.asarray(ids, dtype=np.int32).reshape(len(texts), length)
-
-        train_inputs = encode(column(raw.train, "text"))
-        test_inputs = encode(column(raw.test, "text"))
-        tokenizer.save_pretrained(str(into / "tokenizer"))
-        used = {**sizes, "vocab_size": len(tokenizer), "pad_token_id": pad_id}
-    elif family == "text":
-        texts = column(raw.train, "text")
-        tokenizer = train_tokenizer(texts, sizes["vocab_size"])
-        train_inputs = encode_texts(tokenizer, texts, sizes["max_positions"])
-        test_inputs = encode_texts(tokenizer, column(raw.test, "text"), sizes["max_positions"])
-        tokenizer.save(str(into / "tokenizer.json"))  # with its padding and truncation
-        used = {**sizes, "vocab_size": tokenizer.get_vocab_size()}
+    if family == "text" and tokenizer_dirs:
+        encodings = []
+        for k, tokenizer_dir in enumerate(tokenizer_dirs):
+            where = into if k == 0 else into / "encodings" / str(k)
+            where.mkdir(parents=True, exist_ok=True)
+            vocab_size, pad_id = _encode_with_checkpoint_tokenizer(tokenizer_dir, raw, sizes["max_positions"],
+                                                                   where, train_labels, test_labels)
+            encodings.append({"fingerprint": sizes["tokenizers"][k], "vocab_size": vocab_size,
+                              "pad_token_id": pad_id})
+        used = {"max_positions": sizes["max_positions"], "vocab_size": encodings[0]["vocab_size"],
+                "pad_token_id": encodings[0]["pad_token_id"], "encodings": encodings}
     else:
-        train_inputs = encode_images(raw.train, sizes["image_size"], sizes["channels"])
-        test_inputs = encode_images(raw.test, sizes["image_size"], sizes["channels"])
-        used = sizes
-    _write_split(into / "train.arrow", family, train_inputs, train_labels, pad_id)
-    _write_split(into / "test.arrow", family, test_inputs, test_labels, pad_id)
+        if family == "text":
+            texts = column(raw.train, "text")
+            tokenizer = train_tokenizer(texts, sizes["vocab_size"])
+            train_inputs = encode_texts(tokenizer, texts, sizes["max_positions"])
+            test_inputs = encode_texts(tokenizer, column(raw.test, "text"), sizes["max_positions"])
+            tokenizer.save(str(into / "tokenizer.json"))  # with its padding and truncation
+            used = {**sizes, "vocab_size": tokenizer.get_vocab_size()}
+        else:
+            train_inputs = encode_images(raw.train, sizes["image_size"], sizes["channels"])
+            test_inputs = encode_images(raw.test, sizes["image_size"], sizes["channels"])
+            used = sizes
+        _write_split(into / "train.arrow", family, train_inputs, train_labels)
+        _write_split(into / "test.arrow", family, test_inputs, test_labels)
 
     test_rng = np.random.default_rng([seed, 606])
     test_by_class = [np.flatnonzero(test_labels == k) for k in range(num_classes)]
@@ -187,6 +186,29 @@ def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_di
         "build_seconds": round(time.perf_counter() - started, 3),
     }
     (into / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _encode_with_checkpoint_tokenizer(tokenizer_dir, raw, length: int, into: Path,
+                                      train_labels, test_labels) -> tuple[int, int]:
+    """Encode both splits with the Hugging Face tokenizer saved in `tokenizer_dir`, writing
+    train.arrow, test.arrow and the tokenizer into `into`; returns (vocabulary size, padding id)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer in {tokenizer_dir} has no padding token")
+
+    def encode(texts):
+        ids = tokenizer(texts, padding="max_length", truncation=True, max_length=length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return np.asarray(ids, dtype=np.int32).reshape(len(texts), length)
+
+    _write_split(into / "train.arrow", "text", encode(column(raw.train, "text")), train_labels,
+                 tokenizer.pad_token_id)
+    _write_split(into / "test.arrow", "text", encode(column(raw.test, "text")), test_labels,
+                 tokenizer.pad_token_id)
+    tokenizer.save_pretrained(str(into / "tokenizer"))
+    return len(tokenizer), tokenizer.pad_token_id
 
 
 def _files_fingerprint(spec):
@@ -296,13 +318,17 @@ class ParticipantData:
 
 class PreparedData:
     """A prepared folder, opened cheaply: tables are memory-mapped, nothing is copied until a
-    batch is built."""
+    batch is built. `encoding` picks the texts' encoding by one of several checkpoint
+    tokenizers (see `encodings`); the partition and test sets are the same in every one."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, encoding: int = 0):
         self.path = Path(path)
         self.meta = json.loads((self.path / "meta.json").read_text())
-        self.train = Split.open(self.path / "train.arrow")
-        self.test = Split.open(self.path / "test.arrow")
+        if not 0 <= encoding < len(self.encodings):
+            raise IndexError(f"encoding {encoding} does not exist; {self.path.name} holds {len(self.encodings)}")
+        self.encoding = encoding
+        self.train = Split.open(self.folder / "train.arrow")
+        self.test = Split.open(self.folder / "test.arrow")
         parts = _read(self.path / "partition.arrow")
         self._offsets = {k: parts.column(k).offsets.to_numpy() for k in ("train", "test")}
         self._indices = {k: parts.column(k).values.to_numpy(zero_copy_only=True) for k in ("train", "test")}
@@ -310,11 +336,22 @@ class PreparedData:
         self._global_test = global_test.to_numpy(zero_copy_only=True)
 
     @classmethod
-    def open(cls, path) -> "PreparedData":
-        return cls(path)
+    def open(cls, path, encoding: int = 0) -> "PreparedData":
+        return cls(path, encoding)
 
     def __reduce__(self):  # pickle as the path, never the mapped tables
-        return PreparedData.open, (self.path,)
+        return PreparedData.open, (self.path, self.encoding)
+
+    @property
+    def encodings(self) -> list[str]:
+        """The fingerprints of the checkpoint tokenizers the texts are encoded with, one per
+        encoding (tokenizer_fingerprint); one unnamed encoding otherwise."""
+        return [e["fingerprint"] for e in self.meta.get("encodings", [{"fingerprint": None}])]
+
+    @property
+    def folder(self) -> Path:
+        """Where this encoding's splits and tokenizer lie."""
+        return self.path if self.encoding == 0 else self.path / "encodings" / str(self.encoding)
 
     @property
     def family(self) -> str:
@@ -335,13 +372,17 @@ class PreparedData:
     @property
     def vocab_size(self) -> int | None:
         """The tokenizer's vocabulary size (at most the cap asked for); None for images."""
+        if "encodings" in self.meta:
+            return self.meta["encodings"][self.encoding]["vocab_size"]
         return self.meta.get("vocab_size")
 
     @property
     def model_sizes(self) -> dict:
         """The model family's sizes this data fixes (pass to get_family with the rest)."""
-        keys = ("vocab_size", "max_positions") if self.family == "text" else ("image_size", "channels")
-        return {"num_classes": self.num_classes, **{k: self.meta[k] for k in keys}}
+        if self.family == "text":
+            return {"num_classes": self.num_classes, "vocab_size": self.vocab_size,
+                    "max_positions": self.meta["max_positions"]}
+        return {"num_classes": self.num_classes, **{k: self.meta[k] for k in ("image_size", "channels")}}
 
     def participant(self, i: int) -> ParticipantData:
         if not 0 <= i < self.num_participants:

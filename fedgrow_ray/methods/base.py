@@ -42,6 +42,10 @@ class Method:
     stream: str = ""
     shares: bool = False
     centralized: bool = False  # trained by the one CENTER trainer, not by the participants
+    # Whether the method shares or pools whole models (their embedding tables): then every
+    # participant must encode its texts with one tokenizer (data.tokenizer: from_checkpoint
+    # with checkpoints holding different tokenizers is refused).
+    one_vocabulary: bool = False
 
     def __init__(self, experiment: Experiment):
         if not self.stream:
@@ -88,7 +92,7 @@ class Method:
 
     def load_state(self, participant, saved: dict):
         if "finetuned" in saved:
-            model = self.experiment.family.build(Shape(**saved["shape"]))
+            model = self.experiment.family_of(participant.id).build(Shape(**saved["shape"]))
             model.load_state_dict(saved["finetuned"])
             return Finetuned(model.to(participant.device).eval(), saved["trainable_params"])
         state = self.new_state(participant)
@@ -128,7 +132,9 @@ class Method:
         raise NotImplementedError
 
     # ---- costs for the virtual clock, FLOPs budgets and memory budgets ------------------------
-    def round_flops(self, shape: Shape) -> float:
+    # `pid` names the participant whose costs these are (its family's vocabulary counts); None
+    # for the scenario's family.
+    def round_flops(self, shape: Shape, pid: int | None = None) -> float:
         """Compute of one round of local training for a participant with this small shape."""
         raise NotImplementedError
 
@@ -143,9 +149,9 @@ class Method:
 
     def finish_flops(self, pid: int) -> float:
         """Compute of the end-of-run step: training.finetune_steps of the final model."""
-        return self.training["finetune_steps"] * self.experiment.step_flops(self.final_shape(pid))
+        return self.training["finetune_steps"] * self.experiment.step_flops(self.final_shape(pid), pid)
 
-    def memory_mb(self, shape: Shape) -> float:
+    def memory_mb(self, shape: Shape, pid: int | None = None) -> float:
         raise NotImplementedError
 
     # ---- shared helpers -----------------------------------------------------------------------

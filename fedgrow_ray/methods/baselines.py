@@ -81,6 +81,7 @@ class Centralized(FedGrow):
     stream = "centralized"
     shares = False
     centralized = True
+    one_vocabulary = True  # one trainer, every participant's texts pooled
 
     def initial_shared(self):
         return None
@@ -99,7 +100,7 @@ class Centralized(FedGrow):
                                    state.optimiser, self.steps_per_round(), "round", round_number)
         return None, loss
 
-    def round_flops(self, shape):
+    def round_flops(self, shape, pid=None):
         return self.growth_round_flops(self.experiment.small_shape(CENTER)[0], self.steps_per_round())
 
     def personal_flops(self) -> float:
@@ -156,11 +157,11 @@ class LocalSmall(Method):
     def final_shape(self, pid):
         return self.experiment.small_shape(pid)[0]
 
-    def round_flops(self, shape):
-        return self.training["local_steps"] * self.experiment.step_flops(shape)
+    def round_flops(self, shape, pid=None):
+        return self.training["local_steps"] * self.experiment.step_flops(shape, pid)
 
-    def memory_mb(self, shape):
-        return self.experiment.training_memory_mb(shape, self.experiment.params(shape))
+    def memory_mb(self, shape, pid=None):
+        return self.experiment.training_memory_mb(shape, self.experiment.params(shape, pid), pid)
 
 
 class FedAvgScratch(Method):
@@ -169,6 +170,7 @@ class FedAvgScratch(Method):
     name = "fedavg_scratch"
     stream = "fedavg_scratch"
     shares = True
+    one_vocabulary = True  # the whole model, embedding table included, is averaged
 
     def initial_shared(self):
         exp = self.experiment
@@ -210,9 +212,9 @@ class FedAvgScratch(Method):
     def trainable_params(self, participant, state):
         return _trainable(state)
 
-    def round_flops(self, shape):
+    def round_flops(self, shape, pid=None):
         return self.training["local_steps"] * self.experiment.step_flops(self.experiment.target)
 
-    def memory_mb(self, shape):
+    def memory_mb(self, shape, pid=None):
         exp = self.experiment
         return exp.training_memory_mb(exp.target, exp.params(exp.target))

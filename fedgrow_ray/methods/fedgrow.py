@@ -60,6 +60,12 @@ class FedGrow(Method):
     def reference_code(self) -> bool:
         return self.experiment.scenario["protocol"] == "reference-code"
 
+    @property
+    def one_vocabulary(self) -> bool:
+        """reference-code averages whole intermediate models (embedding tables included) in
+        round 1; the paper's protocol shares only Global-LiGO, which no vocabulary shapes."""
+        return self.reference_code
+
     @functools.cached_property
     def initial_global(self) -> dict[str, torch.Tensor]:
         """The Global-LiGO the server broadcasts before round 1 (built once per method)."""
@@ -96,7 +102,7 @@ class FedGrow(Method):
     # ---- participant side ---------------------------------------------------------------------
     def new_state(self, participant) -> GrowthState:
         exp = self.experiment
-        dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, family=exp.family,
+        dual = DualLiGO(participant.small_model, exp.intermediate, exp.target, family=exp.family_of(participant.id),
                         **exp.ligo_options, seed=derive_seed(exp.seed, participant.id, "ligo-init")
                         ).to(participant.device)
         if not self.shares:  # a private Global-LiGO starts where fedgrow's shared one does
@@ -175,21 +181,21 @@ class FedGrow(Method):
         pretrain_steps x step(small) + local_stage_steps x (step(intermediate) + 3 x gen(small -> I))."""
         return self.experiment.pretrain_flops(pid) + self.experiment.local_stage_flops(pid)
 
-    def growth_round_flops(self, shape, steps: int) -> float:
+    def growth_round_flops(self, shape, steps: int, pid: int | None = None) -> float:
         """`steps` Dual-LiGO steps on the target's loss from a `shape` small model:
         steps x (step(T) + 3 x gen(I -> T) [+ 3 x gen(S -> I) when Local-LiGO is trained]),
         plus gen(S -> I) once when it is frozen (built once per round). The reference-code
         protocol, which stops using Local-LiGO after round 1, is charged the same."""
         exp = self.experiment
-        per_step = exp.step_flops(exp.target) + 3 * exp.generation_flops(exp.intermediate, exp.target)
+        per_step = exp.step_flops(exp.target, pid) + 3 * exp.generation_flops(exp.intermediate, exp.target, pid)
         if self.training["joint_local"]:
-            return steps * (per_step + 3 * exp.generation_flops(shape, exp.intermediate))
-        return steps * per_step + exp.generation_flops(shape, exp.intermediate)
+            return steps * (per_step + 3 * exp.generation_flops(shape, exp.intermediate, pid))
+        return steps * per_step + exp.generation_flops(shape, exp.intermediate, pid)
 
-    def round_flops(self, shape):
-        return self.growth_round_flops(shape, self.training["local_steps"])
+    def round_flops(self, shape, pid=None):
+        return self.growth_round_flops(shape, self.training["local_steps"], pid)
 
-    def memory_mb(self, shape):
+    def memory_mb(self, shape, pid=None):
         exp = self.experiment
         trainable = exp.global_ligo_params() + LiGO.parameter_count(shape, exp.intermediate)
-        return exp.training_memory_mb(exp.target, trainable) + 4 * exp.params(shape) / 2**20
+        return exp.training_memory_mb(exp.target, trainable, pid) + 4 * exp.params(shape, pid) / 2**20

@@ -96,7 +96,9 @@ def _model_logits(model):
 
 class MembershipAudit:
     """The attacks of one run on one host; reference models and proxies are built once per
-    (architecture, fold) and reused, each from its own seed, so every host gets the same."""
+    (architecture, fold, encoding) and reused, each from its own seed, so every host gets the
+    same. With several checkpoint tokenizers, an attack on participant `pid` works in its
+    encoding: the population's texts as its tokenizer encodes them, models of its vocabulary."""
 
     def __init__(self, experiment, device="cpu"):
         self.exp, self.device = experiment, torch.device(device)
@@ -120,10 +122,12 @@ class MembershipAudit:
         return chosen
 
     def population(self, pid: int):
-        """Training data of the participants in the other fold than `pid` (never its own)."""
+        """Training data of the participants in the other fold than `pid` (never its own),
+        encoded with `pid`'s tokenizer."""
         others = [p for p in self.exp.participant_ids if p % 2 != pid % 2] or \
                  [p for p in self.exp.participant_ids if p != pid]
-        trains = [self.exp.participant_data(p).train for p in others]
+        data = self.exp.data_of(pid)
+        trains = [data.participant(p).train for p in others]
         return Shard(trains[0].split, np.concatenate([t.indices for t in trains]))
 
     def _train(self, loss_fn, parameters, pid: int, steps: int, *purpose) -> None:
@@ -137,9 +141,9 @@ class MembershipAudit:
 
     def reference(self, shape, pid: int):
         """A `shape` model trained on the population data of `pid`'s other fold."""
-        key = (shape, pid % 2)
+        key = (shape, pid % 2, self.exp.encoding_of(pid))
         if key not in self._references:
-            model = self.exp.family.build(shape, seed=derive_seed(self.exp.seed, "mia-reference", str(shape)))
+            model = self.exp.family_of(pid).build(shape, seed=derive_seed(self.exp.seed, "mia-reference", str(shape)))
             model.to(self.device).train()
             self._train(lambda b: model(**b).loss, model.parameters(), pid, self.spec["reference_steps"],
                         "mia-reference", str(shape))
@@ -150,20 +154,20 @@ class MembershipAudit:
         """The server's proxy: a target model grown through `global_state` (Global-LiGO,
         frozen) from an intermediate model trained on `pid`'s other fold's data; a logits
         function."""
-        key = (state_sha256(global_state), pid % 2)
+        key = (state_sha256(global_state), pid % 2, self.exp.encoding_of(pid))
         if key not in self._proxies:
-            exp = self.exp
-            ligo = LiGO(exp.family, exp.intermediate, exp.target, **exp.ligo_options).to(self.device)
+            exp, family = self.exp, self.exp.family_of(pid)
+            ligo = LiGO(family, exp.intermediate, exp.target, **exp.ligo_options).to(self.device)
             ligo.load_state_dict(strip_prefix(global_state, GLOBAL_PREFIX))
             ligo.requires_grad_(False)
-            intermediate = exp.family.build(exp.intermediate, seed=derive_seed(exp.seed, "mia-proxy-init"))
+            intermediate = family.build(exp.intermediate, seed=derive_seed(exp.seed, "mia-proxy-init"))
             params = {k: v.detach().clone().to(self.device).requires_grad_(True)
                       for k, v in intermediate.named_parameters()}
-            self._train(lambda b: run_grown(exp.family, exp.target, ligo(params), b).loss,
+            self._train(lambda b: run_grown(family, exp.target, ligo(params), b).loss,
                         list(params.values()), pid, self.spec["proxy_steps"], "mia-proxy")
             with torch.no_grad():
                 grown = {k: v.detach() for k, v in ligo(params).items()}
-            self._proxies[key] = lambda batch: run_grown(exp.family, exp.target, grown, batch, training=False).logits
+            self._proxies[key] = lambda batch: run_grown(family, exp.target, grown, batch, training=False).logits
         return self._proxies[key]
 
     # ---- the attacks --------------------------------------------------------------------------
