@@ -243,9 +243,12 @@ class Experiment:
         return step_flops(self.params(shape), self.tokens_per_sample, self.training["batch_size"],
                           shape.width, shape.layers, self.tokens_per_sample)
 
-    def training_memory_mb(self, shape: Shape, trainable: int) -> float:
-        """Memory to train `trainable` parameters through a `shape` model (AdamW, fp32)."""
+    def training_memory_mb(self, shape: Shape, trainable: int, samples: int | None = None,
+                           checkpointing: bool = False) -> float:
+        """Memory to train `trainable` parameters through a `shape` model (AdamW, fp32) with
+        the activations of `samples` samples alive (by default training.batch_size), its
+        layers checkpointed or not."""
         activations = activation_values_per_sample(shape.width, shape.layers, shape.heads,
-                                                   self.tokens_per_sample, shape.ffn)
+                                                   self.tokens_per_sample, shape.ffn, checkpointing)
         return training_memory_mb(self.params(shape), trainable, activations,
-                                  self.training["batch_size"])
+                                  self.training["batch_size"] if samples is None else samples)
