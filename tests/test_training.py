@@ -187,3 +187,21 @@ def test_evaluation_runs_in_inference_mode(text_family):
 
     labels, predictions = predict(logits, Shard(), 5)
     assert modes == [True] and labels.shape == predictions.shape == (5,)
+
+
+@pytest.mark.parametrize("family_name", ["text_family", "image_family"])
+def test_grown_models_use_fused_attention(family_name, request):
+    """Guards against the grown model falling back to eager attention (or sdpa computing other
+    attention than eager): the skeleton is sdpa and matches an eager model on the same weights."""
+    family = request.getfixturevalue(family_name)
+    shape = Shape(32, 2, 4, 64)
+    skeleton = family.skeleton(shape)
+    assert skeleton.config._attn_implementation == "sdpa"
+    eager = family.build(shape, seed=5)
+    eager.config._attn_implementation = "eager"
+    params = {k: v.detach() for k, v in eager.named_parameters()}
+    batch = toy_batch(family, 4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = run_grown(family, shape, params, batch, training=False).logits
+        reference = eager.eval()(**batch).logits
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
