@@ -2,6 +2,7 @@
 precision, inference-mode evaluation, and the memory plans the device model builds from them."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from fedgrow_ray.models import Shape
 from fedgrow_ray.participant import ParticipantHost
 from fedgrow_ray.rounds import LocalExecutor, MethodRun
 from fedgrow_ray.training import precision_problem, predict, train_steps
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_round(method, cache, *overrides, log=None):
@@ -205,3 +208,23 @@ def test_grown_models_use_fused_attention(family_name, request):
         fused = run_grown(family, shape, params, batch, training=False).logits
         reference = eager.eval()(**batch).logits
     torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bf16_quickstart_is_within_two_points_of_fp32(cache):
+    """Guards against mixed precision that changes what is learned (bf16 master weights, a
+    loss or LiGO generation left in low precision where it diverges): the quickstart's final
+    accuracy of every method in bf16 is within 0.02 of fp32's."""
+    from fedgrow_ray.config import load_scenario
+    from fedgrow_ray.rounds import run_experiment
+
+    final = {}
+    for precision in ("fp32", "bf16"):
+        scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml", [f"training.precision={precision}"])
+        experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
+        rows = []
+        run_experiment(experiment, LocalExecutor(scenario, str(experiment.data.path)), rows.append, lambda m: None)
+        final[precision] = {row["method"]: row["eval_accuracy"] for row in rows if row["round"] == scenario["rounds"]}
+    assert final["fp32"].keys() == final["bf16"].keys() == {"fedgrow", "independent_growth"}
+    for method, accuracy in final["fp32"].items():
+        assert abs(final["bf16"][method] - accuracy) <= 0.02, (method, final)
