@@ -28,6 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -384,17 +385,27 @@ def prepare(args, progress, scenario: dict | None = None):
     from actors import cluster  # imports no Ray until start_or_join
     if args.executor == "ray" and args.address:
         cluster.probe(args.address)
-    progress.status(f"preparing data ({scenario['data']['source']}) ...")
     args.cache = str(Path(args.cache).expanduser().resolve())  # actors run elsewhere
-    data_path = prepare_scenario_data(scenario, args.cache)
-    Experiment(scenario, data_path).check_inputs()
-    ray, started = None, False
-    if args.executor == "ray":
-        progress.status(f"joining the Ray cluster at {args.address} ..." if args.address else "starting Ray ...")
+
+    def prepared_data():
+        data_path = prepare_scenario_data(scenario, args.cache)
+        Experiment(scenario, data_path).check_inputs()
+        return data_path
+
+    if args.executor != "ray":
+        progress.status(f"preparing data ({scenario['data']['source']}) ...")
+        return scenario, prepared_data(), None, False, folder, checkpoint
+    # Ray starts (seconds of waiting on its processes) while another thread prepares and checks
+    # the data; bad data still stops the command before anything is written, Ray shut down.
+    progress.status(f"preparing data ({scenario['data']['source']}) and "
+                    + (f"joining the Ray cluster at {args.address} ..." if args.address else "starting Ray ..."))
+    with ThreadPoolExecutor(1) as pool:
+        data = pool.submit(prepared_data)
         ray, started = cluster.start_or_join(args.address, ROOT)
         try:
+            data_path = data.result()
             cluster.check_resources(scenario, ray.cluster_resources())
-        except cluster.ClusterError:
+        except BaseException:
             if started:
                 ray.shutdown()
             raise

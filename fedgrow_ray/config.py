@@ -361,6 +361,11 @@ SCHEMA = {
         "shared_optimiser": (choice(("fresh", "keep")), "fresh"),
         "finetune_steps": (integer(0), 0),
         "max_grad_norm": (number(above=0, optional=True), 1.0),
+        # null: whole batches; n: gradients accumulated over slices of n samples (the same step
+        # up to float rounding, less activation memory)
+        "micro_batch_size": (integer(1, optional=True), None),
+        # fp32: exact. bf16 / fp16: autocast over fp32 master weights (fp16 with a loss scaler)
+        "precision": (choice(("fp32", "bf16", "fp16")), "fp32"),
     },
     "budget": {  # stop each method at the last round that fits (at most one set; rounds is the cap)
         "bytes": (number(above=0, optional=True), None),       # uploads + downloads, all participants
@@ -489,9 +494,25 @@ def _check_together(s: dict) -> None:
             raise ScenarioError(f"scenario key 'model.checkpoints': {template!r} is not a folder template "
                                 f"({type(err).__name__}: {err}); use {{id}} for the participant's id, "
                                 f"e.g. 'ckpt/participant_{{id}}'") from None
+    _check_training(s)
     if s["hosts"]["num_gpus"] > 1 and s["hosts"]["num_gpus"] != int(s["hosts"]["num_gpus"]):
         raise ScenarioError(f"scenario key 'hosts.num_gpus': {s['hosts']['num_gpus']} is not allowed; "
                             "a fraction below 1 or a whole number of GPUs")
+
+
+def _check_training(s: dict) -> None:
+    """A micro-batch no larger than the batch; a precision torch can run on CPU hosts."""
+    training = s["training"]
+    micro = training["micro_batch_size"]
+    if micro is not None and micro > training["batch_size"]:
+        raise ScenarioError(f"scenario key 'training.micro_batch_size': {micro} is not allowed; at most "
+                            f"training.batch_size={training['batch_size']} (or null for whole batches)")
+    if s["hosts"]["num_gpus"] == 0 and training["precision"] != "fp32":
+        from .training import precision_problem
+        problem = precision_problem(training["precision"], "cpu")
+        if problem:
+            raise ScenarioError(f"scenario key 'training.precision': {training['precision']} is not allowed "
+                                f"on CPU hosts (hosts.num_gpus=0): {problem}; use fp32 or bf16")
 
 
 def _check_faults(s: dict) -> None:

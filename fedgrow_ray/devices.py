@@ -228,7 +228,7 @@ def training_memory_mb(params: int, trainable_params: int, activations_per_sampl
 
 
 def activation_values_per_sample(width: int, layers: int, heads: int, seq_len: int,
-                                 ffn: int | None = None) -> float:
+                                 ffn: int | None = None, checkpointing: bool = False) -> float:
     """A rough count of activation values one sample keeps for the backward pass of a
     transformer encoder:
 
@@ -237,9 +237,62 @@ def activation_values_per_sample(width: int, layers: int, heads: int, seq_len: i
     per layer and token: the layer input, LayerNorm-1 output, Q, K, V, attention output,
     LayerNorm-2 input and output (8 * width), FFN hidden before and after GELU (2 * ffn); per
     head: attention scores and probabilities (2 * seq_len^2). Dropout masks, embeddings and the
-    head are left out. `ffn` defaults to 4 * width."""
+    head are left out. `ffn` defaults to 4 * width.
+
+    With activation checkpointing each layer keeps only its input (seq_len * width) and one
+    layer's activations are rebuilt at a time during the backward pass:
+
+        layers * seq_len * width + (seq_len * (8 * width + 2 * ffn) + 2 * heads * seq_len ** 2)"""
     ffn = 4 * width if ffn is None else ffn
-    return float(layers * (seq_len * (8 * width + 2 * ffn) + 2 * heads * seq_len ** 2))
+    per_layer = seq_len * (8 * width + 2 * ffn) + 2 * heads * seq_len ** 2
+    if checkpointing:
+        return float(layers * seq_len * width + per_layer)
+    return float(layers * per_layer)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a participant trains within its memory budget: the micro-batch size (None: the
+    whole batch at once), whether the grown model's layers are checkpointed (recomputed in the
+    backward pass: one more forward per step on the virtual clock), and the MiB it needs."""
+
+    micro_batch_size: int | None
+    checkpointing: bool
+    need_mb: float
+
+
+def plan_training_memory(budget_mb: float, need_mb, batch_size: int,
+                         micro_batch_size: int | None = None) -> tuple[MemoryPlan | None, str]:
+    """The least costly way to train a batch of `batch_size` within `budget_mb`, with a reason;
+    (None, reason with the numbers) when the budget cannot hold even one sample with
+    checkpointing. `need_mb(samples, checkpointing)` is the MiB needed with `samples` samples'
+    activations alive; need_mb(0, True) is the model itself (weights, gradients, optimiser).
+
+    Tried in order: as configured (training.micro_batch_size, or the full batch); the same
+    with activation checkpointing; checkpointing with micro-batches halved down to 1 sample."""
+    size = batch_size if micro_batch_size is None else min(micro_batch_size, batch_size)
+    configured = None if size >= batch_size else size
+    candidates = [(configured, False), (configured, True)]
+    while size > 1:
+        size = (size + 1) // 2
+        candidates.append((size, True))
+    for micro, checkpointing in candidates:
+        need = need_mb(micro or batch_size, checkpointing)
+        if need <= budget_mb:
+            plan = MemoryPlan(micro, checkpointing, need)
+            if (micro, checkpointing) == candidates[0]:
+                return plan, f"{format_mib(need)} MiB needed fits the memory budget {format_mib(budget_mb)} MiB"
+            full = need_mb(batch_size, False)
+            how = f"micro-batches of {micro}" if micro else "full batches"
+            return plan, (f"memory budget {format_mib(budget_mb)} MiB < {format_mib(full)} MiB needed for a "
+                          f"batch of {batch_size}: trains in {how} with activation checkpointing "
+                          f"({format_mib(need)} MiB)")
+    model, one = need_mb(0, True), need_mb(1, True)
+    if model > budget_mb:
+        return None, (f"memory budget {format_mib(budget_mb)} MiB < {format_mib(model)} MiB needed to hold "
+                      f"the model (weights, gradients, optimiser state)")
+    return None, (f"memory budget {format_mib(budget_mb)} MiB < {format_mib(one)} MiB needed for the model "
+                  f"({format_mib(model)} MiB) and one sample's activations with checkpointing")
 
 
 def fit_shape(profile: DeviceProfile, candidates: list[tuple[str, float]]) -> tuple[str | None, str]:
@@ -553,4 +606,6 @@ def _is_number(value) -> bool:
 def format_mib(value: float) -> str:
     if math.isinf(value):
         return "unlimited" if value > 0 else str(value)
-    return str(int(value)) if value == int(value) else f"{value:.1f}"
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"  # small budgets keep 3 digits

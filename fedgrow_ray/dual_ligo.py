@@ -124,9 +124,11 @@ def strip_prefix(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items()}
 
 
-def run_grown(family: Family, shape: Shape, params: dict, batch: dict, training: bool = True):
-    """Call a `shape` model of `family` with generated `params` (autograd flows into them)."""
-    skeleton = family.skeleton(shape)
+def run_grown(family: Family, shape: Shape, params: dict, batch: dict, training: bool = True,
+              checkpointing: bool = False):
+    """Call a `shape` model of `family` with generated `params` (autograd flows into them),
+    its layers checkpointed when `checkpointing` (Family.skeleton)."""
+    skeleton = family.skeleton(shape, checkpointing)
     skeleton.train(training)
     return functional_call(skeleton, params, args=(), kwargs=batch, strict=False)
 

@@ -158,7 +158,7 @@ class Experiment:
         else:
             smaller = [s for s in self.ladder if s != preferred and self.params(s, pid) < self.params(preferred, pid)]
             candidates = [preferred] + sorted(set(smaller), key=lambda s: self.params(s, pid), reverse=True)
-        needs = [(s, self.training_memory_mb(s, self.params(s, pid), pid)) for s in candidates]
+        needs = [(s, self.training_memory_mb(s, self.params(s, pid), pid=pid)) for s in candidates]
         chosen, reason = fit_shape(self.profile(pid), [(str(s), mb) for s, mb in needs])
         if chosen is None:
             return None, reason
@@ -289,12 +289,15 @@ class Experiment:
         return step_flops(self.params(shape, pid), self.tokens_per_sample, self.training["batch_size"],
                           shape.width, shape.layers, self.tokens_per_sample)
 
-    def training_memory_mb(self, shape: Shape, trainable: int, pid: int | None = None) -> float:
-        """Memory to train `trainable` parameters through a `shape` model (AdamW, fp32)."""
+    def training_memory_mb(self, shape: Shape, trainable: int, samples: int | None = None,
+                           checkpointing: bool = False, pid: int | None = None) -> float:
+        """Memory to train `trainable` parameters through a `shape` model (AdamW, fp32) with
+        the activations of `samples` samples alive (by default training.batch_size), its
+        layers checkpointed or not."""
         activations = activation_values_per_sample(shape.width, shape.layers, shape.heads,
-                                                   self.tokens_per_sample, shape.ffn)
+                                                   self.tokens_per_sample, shape.ffn, checkpointing)
         return training_memory_mb(self.params(shape, pid), trainable, activations,
-                                  self.training["batch_size"])
+                                  self.training["batch_size"] if samples is None else samples)
 
 
 @functools.lru_cache(maxsize=None)

@@ -125,7 +125,9 @@ class Participant:
                     batches = batch_stream(self.data.train, exp.training["batch_size"],
                                            self.generator("pretrain"))
                     train_steps(lambda b: model(**b).loss, optimiser, batches, steps, self.device,
-                                exp.training["max_grad_norm"], self.should_stop)
+                                exp.training["max_grad_norm"], self.should_stop,
+                                micro_batch_size=exp.training["micro_batch_size"],
+                                precision=exp.training["precision"])
             self._small_model = model.eval().requires_grad_(False)
         return self._small_model
 
@@ -502,7 +504,8 @@ class ParticipantHost:
                 for pid in pids:
                     data = self.experiment.participant_data(pid)
                     model = method.personal_model(owner, base_model, data.train, pid)
-                    scores = _scores(predict(lambda b: model(**b).logits, data.test, batch_size, owner.device))
+                    scores = _scores(predict(lambda b: model(**b).logits, data.test, batch_size, owner.device,
+                                             method.training["precision"]))
                     results.append({"id": pid, **scores, "global_accuracy": global_accuracy,
                                     "trainable_params": trainable})
             if finished:

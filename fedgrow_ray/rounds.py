@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .devices import apply_deadline, format_mib, is_available, sample_participants, simulated_time
+from .devices import apply_deadline, is_available, sample_participants, simulated_time
 from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
 from .export import EXPORT_DIR, export_global_ligo, exported
@@ -231,12 +231,12 @@ class MethodRun:
             if shape is None:
                 why = f"participant {pid} excluded: {reason}"
             else:
-                need, budget = self.method.memory_mb(shape, pid), self.exp.profile(pid).memory_mb
-                why = None if need <= budget else (
-                    f"participant {pid} excluded from {self.method.name}: memory budget "
-                    f"{format_mib(budget)} MiB < {format_mib(need)} MiB needed")
+                memory, how = self.method.memory_plan(pid)
+                why = None if memory is not None else f"participant {pid} excluded from {self.method.name}: {how}"
                 if why is None and reason.startswith("given"):
                     self.log(f"participant {pid}: {reason}")
+                if memory is not None and memory.checkpointing:
+                    self.log(f"participant {pid} ({self.method.name}): {how}")
             self._excluded_reason[pid] = why
             if why:
                 self.log(why)
@@ -329,7 +329,7 @@ class MethodRun:
         upload = self.method.upload_bytes(self.shared)
         flops_each = {}
         for pid in reachable:
-            flops_each[pid] = self.method.round_flops(self.exp.small_shape(pid)[0], pid)
+            flops_each[pid] = self.method.participant_round_flops(pid)
             times[pid] = simulated_time(self.exp.profile(pid), flops_each[pid], upload, download[pid], reference)
         keep_first = None
         if sampling["over_selection"] > 1.0:

@@ -134,6 +134,13 @@ CASES = [
      "error: scenario key 'training.local_step' is unknown (did you mean 'training.local_steps'?)"),
     ("joint_local not a boolean", lambda t, f: ["--set", "training.joint_local=maybe"],
      "error: scenario key 'training.joint_local': 'maybe' is not allowed; expected true or false"),
+    ("precision", lambda t, f: ["--set", "training.precision=fp8"],
+     "error: scenario key 'training.precision': 'fp8' is not allowed; allowed: ['fp32', 'bf16', 'fp16']"),
+    ("micro-batch larger than the batch", lambda t, f: ["--set", "training.micro_batch_size=9"],
+     "error: scenario key 'training.micro_batch_size': 9 is not allowed; at most training.batch_size=8 "
+     "(or null for whole batches)"),
+    ("micro-batch zero", lambda t, f: ["--set", "training.micro_batch_size=0"],
+     "error: scenario key 'training.micro_batch_size': 0 is not allowed; expected an integer >= 1"),
     ("two budgets", lambda t, f: ["--set", "budget.bytes=1e6", "--set", "budget.flops=1e12"],
      "error: scenario keys 'budget.bytes' and 'budget.flops' are all set; set at most one budget"),
     ("sampling both", lambda t, f: ["--set", "sampling.fraction=0.5", "--set", "sampling.count=3"],

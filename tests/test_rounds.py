@@ -33,8 +33,9 @@ def test_memory_budgets_give_a_smaller_shape_or_exclude(cache, tmp_path):
     small, large = experiment.ladder
     need_small = experiment.training_memory_mb(small, experiment.params(small))
     need_large = experiment.training_memory_mb(large, experiment.params(large))
-    fedgrow_need = method_run(scenario, cache).method.memory_mb(small)
-    budgets = [1e6, need_large + 1, (need_small + need_large) / 2, need_small / 2, fedgrow_need / 2, 1e6]
+    fedgrow_model = method_run(scenario, cache).method.memory_mb(small, 0, True)  # no sample's activations
+    budgets = [1e6, need_large + 1, (need_small + need_large) / 2, need_small / 2,
+               (need_small + fedgrow_model) / 2, 1e6]
     trace = tmp_path / "memory.csv"
     trace.write_text("memory_mb\n" + "\n".join(str(b) for b in budgets) + "\n")
     messages = []
@@ -42,13 +43,12 @@ def test_memory_budgets_give_a_smaller_shape_or_exclude(cache, tmp_path):
     shapes = [run.exp.small_shape(pid)[0] for pid in range(6)]
     assert shapes[:3] == [small, large, small]  # participant 2 wanted the large rung, got the small
     assert shapes[3] is None                    # cannot even pre-train the smallest rung
-    expected = [pid for pid in range(6)
-                if shapes[pid] is None or run.method.memory_mb(shapes[pid]) > budgets[pid]]
+    expected = [pid for pid in range(6) if shapes[pid] is None or run.method.memory_plan(pid)[0] is None]
     assert {3, 4} <= set(expected) and 0 not in expected and 1 not in expected
     assert run.plan(1)["excluded"] == expected
     log = "\n".join(messages)
     assert "participant 3 excluded: memory budget" in log and "needed by the smallest shape" in log
-    assert "participant 4 excluded from fedgrow: memory budget" in log
+    assert "participant 4 excluded from fedgrow: memory budget" in log and "needed to hold the model" in log
 
 
 def test_unavailable_participants_are_counted_not_run(cache):

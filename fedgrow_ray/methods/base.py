@@ -10,6 +10,7 @@ from torch import nn
 
 from ..aggregation import check_update, get_aggregator
 from ..experiment import Experiment
+from ..devices import MemoryPlan, plan_training_memory
 from ..metrics import state_bytes
 from ..models import Shape
 from ..training import batch_stream, make_optimiser, predict, train_steps
@@ -52,6 +53,7 @@ class Method:
             raise TypeError(f"{type(self).__name__} sets no random `stream`")
         self.experiment = experiment
         self.training = experiment.training
+        self._memory_plans: dict[int, tuple[MemoryPlan | None, str]] = {}
 
     # ---- server side --------------------------------------------------------------------------
     def initial_shared(self) -> dict[str, torch.Tensor] | None:
@@ -151,15 +153,58 @@ class Method:
         """Compute of the end-of-run step: training.finetune_steps of the final model."""
         return self.training["finetune_steps"] * self.experiment.step_flops(self.final_shape(pid), pid)
 
-    def memory_mb(self, shape: Shape, pid: int | None = None) -> float:
+    def memory_mb(self, shape: Shape, samples: int | None = None, checkpointing: bool = False,
+                  pid: int | None = None) -> float:
+        """MiB a participant with this small shape needs to train one round's step with
+        `samples` samples' activations alive (default: the whole batch), checkpointed or not
+        (`pid`: whose family, as for round_flops)."""
         raise NotImplementedError
 
+    def model_shape(self, shape: Shape) -> Shape:
+        """The shape of the model a round's step runs (whose layers checkpointing recomputes)."""
+        return self.experiment.target
+
+    def memory_plan(self, pid: int) -> tuple[MemoryPlan | None, str]:
+        """How participant `pid` trains within its memory budget (devices.plan_training_memory):
+        full batches, micro-batches and/or activation checkpointing; (None, reason with the
+        numbers) when its budget cannot hold the model."""
+        if pid not in self._memory_plans:
+            exp = self.experiment
+            shape = exp.small_shape(pid)[0]
+            self._memory_plans[pid] = plan_training_memory(
+                exp.profile(pid).memory_mb, lambda n, checkpointing: self.memory_mb(shape, n, checkpointing, pid),
+                self.training["batch_size"], self.training["micro_batch_size"])
+        return self._memory_plans[pid]
+
+    def participant_round_flops(self, pid: int) -> float:
+        """round_flops of participant `pid`, plus one more forward of the model per step when
+        its memory plan checkpoints the layers (what it pays for fitting its budget)."""
+        shape = self.experiment.small_shape(pid)[0]
+        flops = self.round_flops(shape, pid)
+        plan, _ = self.memory_plan(pid)
+        if plan is not None and plan.checkpointing:
+            flops += self.training["local_steps"] * self.experiment.step_flops(self.model_shape(shape), pid) / 3
+        return flops
+
     # ---- shared helpers -----------------------------------------------------------------------
-    def local_training(self, participant, loss_fn, optimiser, steps: int, *purpose) -> float:
+    def local_training(self, participant, loss_fn, optimiser, steps: int, *purpose,
+                       weights=None, micro_batch_size: int | None = None) -> float:
+        """`steps` steps on the participant's shard (training.train_steps), at
+        training.precision, in micro-batches of `micro_batch_size` (default
+        training.micro_batch_size; a round's training passes the participant's memory plan's)."""
         batches = batch_stream(participant.data.train, self.training["batch_size"],
                                participant.generator(self.stream, *purpose))
+        micro = self.training["micro_batch_size"] if micro_batch_size is None else micro_batch_size
         return train_steps(loss_fn, optimiser, batches, steps, participant.device,
-                           self.training["max_grad_norm"], participant.should_stop)
+                           self.training["max_grad_norm"], participant.should_stop,
+                           micro_batch_size=micro, weights=weights, precision=self.training["precision"])
+
+    def round_plan(self, participant) -> MemoryPlan:
+        """The memory plan a participant's round training follows (see memory_plan)."""
+        plan, reason = self.memory_plan(participant.id)
+        if plan is None:  # the round scheduler never asks an excluded participant
+            raise ValueError(f"participant {participant.id} cannot train {self.name}: {reason}")
+        return plan
 
     def optimiser(self, parameters, lr: float | None = None):
         return make_optimiser(list(parameters), lr or self.training["lr"], self.training["weight_decay"])
@@ -185,4 +230,4 @@ class Method:
             logits_fn = lambda b: state.model(**b).logits  # noqa: E731
         else:
             logits_fn = self.logits_fn(participant, state, shared)
-        return predict(logits_fn, shard, batch_size, participant.device)
+        return predict(logits_fn, shard, batch_size, participant.device, self.training["precision"])

@@ -32,6 +32,18 @@ class ModelState:
     optimiser: torch.optim.Optimizer
 
 
+def train_model(method: Method, participant, state: ModelState, round_number: int) -> float:
+    """A round of a plain model's local training, within the participant's memory plan (its
+    layers checkpointed by transformers' own gradient checkpointing when the plan says so)."""
+    plan = method.round_plan(participant)
+    model = state.model.train()
+    if plan.checkpointing and not model.is_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return method.local_training(participant, lambda b: model(**b).loss, state.optimiser,
+                                 method.training["local_steps"], "round", round_number,
+                                 micro_batch_size=plan.micro_batch_size)
+
+
 def _trainable(state) -> int:
     if isinstance(state, Finetuned):
         return state.trainable_params
@@ -96,8 +108,7 @@ class Centralized(FedGrow):
         self.start_round(state)
         dual = state.dual.train()
         intermediate = self._intermediate(dual, None, training=True)
-        loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
-                                   state.optimiser, self.steps_per_round(), "round", round_number)
+        loss = self.train_target(participant, state, intermediate, self.steps_per_round(), "round", round_number)
         return None, loss
 
     def round_flops(self, shape, pid=None):
@@ -116,7 +127,8 @@ class Centralized(FedGrow):
         batches = batch_stream(shard, self.training["batch_size"],
                                torch.Generator().manual_seed(derive_seed(exp.seed, pid, self.stream, "personal")))
         train_steps(lambda b: model(**b).loss, self.optimiser(model.parameters()), batches,
-                    self.training["local_steps"], owner.device, self.training["max_grad_norm"])
+                    self.training["local_steps"], owner.device, self.training["max_grad_norm"],
+                    micro_batch_size=self.training["micro_batch_size"], precision=self.training["precision"])
         return model.eval()
 
 
@@ -135,9 +147,7 @@ class LocalSmall(Method):
 
     def train(self, participant, state, shared, round_number):
         self.start_round(state)
-        state.model.train()
-        loss = self.local_training(participant, lambda b: state.model(**b).loss, state.optimiser,
-                                   self.training["local_steps"], "round", round_number)
+        loss = train_model(self, participant, state, round_number)
         return None, loss
 
     def logits_fn(self, participant, state, shared):
@@ -160,8 +170,11 @@ class LocalSmall(Method):
     def round_flops(self, shape, pid=None):
         return self.training["local_steps"] * self.experiment.step_flops(shape, pid)
 
-    def memory_mb(self, shape, pid=None):
-        return self.experiment.training_memory_mb(shape, self.experiment.params(shape, pid), pid)
+    def model_shape(self, shape):
+        return shape
+
+    def memory_mb(self, shape, samples=None, checkpointing=False, pid=None):
+        return self.experiment.training_memory_mb(shape, self.experiment.params(shape, pid), samples, checkpointing, pid)
 
 
 class FedAvgScratch(Method):
@@ -195,9 +208,7 @@ class FedAvgScratch(Method):
     def train(self, participant, state, shared, round_number):
         self.start_round(state)
         self._load(state.model, shared)
-        state.model.train()
-        loss = self.local_training(participant, lambda b: state.model(**b).loss, state.optimiser,
-                                   self.training["local_steps"], "round", round_number)
+        loss = train_model(self, participant, state, round_number)
         return {MODEL_PREFIX + k: v.detach().clone() for k, v in state.model.named_parameters()}, loss
 
     def logits_fn(self, participant, state, shared):
@@ -215,6 +226,6 @@ class FedAvgScratch(Method):
     def round_flops(self, shape, pid=None):
         return self.training["local_steps"] * self.experiment.step_flops(self.experiment.target)
 
-    def memory_mb(self, shape, pid=None):
+    def memory_mb(self, shape, samples=None, checkpointing=False, pid=None):
         exp = self.experiment
-        return exp.training_memory_mb(exp.target, exp.params(exp.target))
+        return exp.training_memory_mb(exp.target, exp.params(exp.target), samples, checkpointing)

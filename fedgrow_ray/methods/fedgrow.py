@@ -147,14 +147,26 @@ class FedGrow(Method):
         self.start_round(state)
         dual = state.dual.train()
         intermediate = self._intermediate(dual, shared, training=True)
-        loss = self.local_training(participant, lambda b: dual(b, intermediate=intermediate).loss,
-                                   state.optimiser, self.training["local_steps"], "round", round_number)
+        loss = self.train_target(participant, state, intermediate, self.training["local_steps"],
+                                 "round", round_number)
         update = {k: v.clone() for k, v in dual.global_state().items()}
         if self._sends_intermediate(shared):  # reference-code, round 1
             with torch.no_grad():
                 update.update({INTERMEDIATE_PREFIX + k: v.clone()
                                for k, v in dual.intermediate_parameters().items()})
         return update, loss
+
+    def train_target(self, participant, state: GrowthState, intermediate, steps: int, *purpose) -> float:
+        """`steps` steps of the grown target's loss, within the participant's memory plan. The
+        target's parameters are grown once per step and shared by every micro-batch's forward
+        and backward (training.backward_batch)."""
+        dual, plan = state.dual, self.round_plan(participant)
+        return self.local_training(
+            participant,
+            lambda batch, params: run_grown(dual.family, dual.target_shape, params, batch,
+                                            checkpointing=plan.checkpointing).loss,
+            state.optimiser, steps, *purpose,
+            weights=lambda: dual.target_parameters(intermediate), micro_batch_size=plan.micro_batch_size)
 
     def logits_fn(self, participant, state: GrowthState, shared):
         dual = state.dual.eval()
@@ -195,7 +207,7 @@ class FedGrow(Method):
     def round_flops(self, shape, pid=None):
         return self.growth_round_flops(shape, self.training["local_steps"], pid)
 
-    def memory_mb(self, shape, pid=None):
+    def memory_mb(self, shape, samples=None, checkpointing=False, pid=None):
         exp = self.experiment
         trainable = exp.global_ligo_params() + LiGO.parameter_count(shape, exp.intermediate)
-        return exp.training_memory_mb(exp.target, trainable, pid) + 4 * exp.params(shape, pid) / 2**20
+        return exp.training_memory_mb(exp.target, trainable, samples, checkpointing, pid) + 4 * exp.params(shape, pid) / 2**20

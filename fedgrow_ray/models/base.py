@@ -14,6 +14,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # Module kinds inside a transformer layer, in the method's words. Each gets its own L2 x L1
 # depth-coefficient matrix in LiGO.
@@ -119,10 +122,12 @@ class Family:
             torch.manual_seed(seed)
             return self.model_class(self.config(shape))
 
-    def skeleton(self, shape: Shape) -> nn.Module:
+    def skeleton(self, shape: Shape, checkpointing: bool = False) -> nn.Module:
         """A model of `shape` whose own weights are never used: LiGO calls it with generated
-        parameters through torch.func.functional_call. One per shape per process."""
-        return _skeleton(self, shape)
+        parameters through torch.func.functional_call. One per shape (and checkpointing) per
+        process; with `checkpointing`, its layers keep only their inputs in training and are
+        recomputed, with the same generated weights, in the backward pass."""
+        return _skeleton(self, shape, checkpointing)
 
     def roles(self, names) -> dict[str, Role]:
         """The role of each parameter name; an unmapped name is an error, never ignored."""
@@ -172,10 +177,32 @@ def _roles(family_type: type, names: tuple[str, ...]) -> dict[str, Role]:
 
 
 @functools.lru_cache(maxsize=16)
-def _skeleton(family: Family, shape: Shape) -> nn.Module:
+def _skeleton(family: Family, shape: Shape, checkpointing: bool = False) -> nn.Module:
     # Seeded, so that building it (the first time a process needs a shape, often in the middle
     # of a participant's training) never draws from the caller's random stream: results must
-    # not depend on what else a process ran before.
-    model = family.build(shape, seed=0)
+    # not depend on what else a process ran before. Never built as inference tensors (a first
+    # use under evaluation's inference mode), since training reuses its buffers.
+    with torch.inference_mode(False):
+        model = family.build(shape, seed=0)
     model.requires_grad_(False)
+    if checkpointing:
+        for layer in model.modules():
+            if isinstance(layer, GradientCheckpointingLayer):
+                layer.gradient_checkpointing = True
+                layer._gradient_checkpointing_func = functools.partial(_checkpoint_generated, layer)
     return model
+
+
+def _checkpoint_generated(layer: nn.Module, forward, *args):
+    """transformers' checkpointing hook for a layer run with generated weights: its own
+    recomputation (torch.utils.checkpoint) would read the skeleton's unused weights, since the
+    backward pass runs after functional_call has put them back. The generated tensors the layer
+    holds now are passed as checkpoint inputs and put in place again for the recomputation, as
+    functional_call itself does (torch.nn.utils.stateless._reparametrize_module)."""
+    names, tensors = zip(*layer.named_parameters())
+
+    def replay(*inputs):
+        with _reparametrize_module(layer, dict(zip(names, inputs[len(args):]))):
+            return forward(*inputs[:len(args)])
+
+    return checkpoint(replay, *args, *tensors, use_reentrant=False)

@@ -50,7 +50,9 @@ class TextFamily(Family):
             num_labels=self.num_classes, problem_type="single_label_classification",
             hidden_size=shape.width, num_hidden_layers=shape.layers,
             num_attention_heads=shape.heads, intermediate_size=shape.ffn,
-            hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.dropout)
+            hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.dropout,
+            # torch's fused scaled-dot-product attention, also when called with generated weights
+            attn_implementation="sdpa")
 
     @classmethod
     def from_config(cls, config) -> "TextFamily":
