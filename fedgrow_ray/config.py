@@ -388,6 +388,9 @@ SCHEMA = {
         "placement": (choice(("spread", "pack")), "spread"),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
+        # FedAvg-family methods: each host sends one weighted partial sum of its participants'
+        # screened updates instead of every update (fedgrow_ray.reduction); same results
+        "reduce": (boolean(), True),
         # where participants' private state lives (see fedgrow_ray.participant.state_location)
         "state_uri": (location(), None),
     },
