@@ -126,7 +126,7 @@ def strip_prefix(state: dict, prefix: str) -> dict:
 
 def run_grown(family: Family, shape: Shape, params: dict, batch: dict, training: bool = True):
     """Call a `shape` model of `family` with generated `params` (autograd flows into them)."""
-    skeleton = family.skeleton(shape)
+    skeleton = family.skeleton(shape, next(iter(params.values())).device)
     skeleton.train(training)
     return functional_call(skeleton, params, args=(), kwargs=batch, strict=False)
 
