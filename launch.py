@@ -393,7 +393,8 @@ def prepare(args, progress, scenario: dict | None = None):
         progress.status(f"joining the Ray cluster at {args.address} ..." if args.address else "starting Ray ...")
         ray, started = cluster.start_or_join(args.address, ROOT)
         try:
-            cluster.check_resources(scenario, ray.cluster_resources())
+            from actors.placement import alive_nodes
+            cluster.check_resources(scenario, alive_nodes())
         except cluster.ClusterError:
             if started:
                 ray.shutdown()

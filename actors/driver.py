@@ -63,6 +63,8 @@ class DriverActor:
             self.folder.fail(f"{type(err).__name__}: {err}")
             self._log(traceback.format_exc())
             raise
+        finally:
+            self.placement.release()  # the hosts' reservation, with the hosts in it
 
 
 def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, placement,

@@ -386,6 +386,10 @@ SCHEMA = {
         "memory_mb": (number(above=0, optional=True), None),
         "max_resident": (integer(1, optional=True), None),
         "placement": (choice(("spread", "pack")), "spread"),
+        # the hosts' placement group: how long to wait for it, and whether nodes may still come
+        # (an autoscaling cluster: the pool is not checked against the nodes there now)
+        "reserve_timeout_s": (number(above=0), 60.0),
+        "autoscaling": (boolean(), False),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
         # FedAvg-family methods: each host sends one weighted partial sum of its participants'

@@ -241,16 +241,16 @@ CASES = [
     ("hosts.actors beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=5"],
      "error: scenario key 'hosts.num_cpus': 1 per host x 5 participant hosts (hosts.actors=5) is 5 CPUs, "
-     "more than the cluster has (2)"),
+     "more than the nodes hold (2 such hosts: node "),
     ("hosts.num_cpus beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=null",
                    "--set", "hosts.num_cpus=3"],
      "error: scenario key 'hosts.num_cpus': 3 per host x 1 participant hosts (one host per hosts.num_cpus=3 CPUs) "
-     "is 3 CPUs, more than the cluster has (2)"),
+     "is 3 CPUs, more than the nodes hold (0 such hosts: node "),
     ("hosts.memory_mb beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.memory_mb=1e9"],
      "error: scenario key 'hosts.memory_mb': 1e+09 per host x 2 participant hosts (hosts.actors=2) is 2e+09 MiB "
-     "of memory, more than the cluster has"),
+     "of memory, more than the nodes hold (0 such hosts: node "),
     ("kill a host the cluster does not run",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=null",
                    "--set", "faults.kill_host=[{host: 5, round: 1}]"],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.placement import pool_size
+from actors.placement import alive_nodes, pool_size
 from conftest import MEASURED, simulate, tiny
 from fedgrow_ray.config import load_scenario
 from fedgrow_ray.experiment import Experiment, prepare_scenario_data
@@ -122,7 +122,7 @@ def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_sessio
     spilled = [r["spilled"] for r in metrics]
     assert resident[0] < resident[1] == limit
     per_participant = (rss[1] - rss[0]) / (resident[1] - resident[0])
-    hosts = pool_size(scenario, ray_session.cluster_resources()["CPU"])
+    hosts = pool_size(scenario, alive_nodes())
     kept_cost = per_participant * sum(spilled[2:]) / hosts
     assert rss[-1] - rss[1] < 0.5 * kept_cost, (rss, resident, spilled, per_participant)
     assert summary["methods"]["fedgrow"]["accuracy_mean"] is not None
