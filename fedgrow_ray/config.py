@@ -321,6 +321,13 @@ SCHEMA = {
         "aggregator": (builtin_or_plugin(AGGREGATORS, "aggregator"), "fedavg"),
         "trim_fraction": (number(0.0, 0.49), 0.1),
         "max_update_norm": (number(above=0, optional=True), None),
+        # sync: rounds; async: buffered asynchronous aggregation (fedgrow_ray.buffered, FedBuff)
+        "mode": (choice(("sync", "async")), "sync"),
+        "concurrency": (integer(1), 10),        # async: participants training at once
+        "buffer_size": (integer(1), 5),         # async: aggregate every K arrivals
+        "max_staleness": (integer(0), 10),      # async: older updates are dropped and counted
+        "staleness_weight": (choice(("constant", "polynomial")), "polynomial"),
+        "staleness_exponent": (number(0.0), 0.5),  # async, polynomial: (1 + staleness)^-a
     },
     "model": {
         "family": (builtin_or_plugin(tuple(FAMILIES), "model family"), "text"),
@@ -476,6 +483,7 @@ def _check_together(s: dict) -> None:
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
     _check_faults(s)
+    _check_async(s)
     from .privacy import check_privacy_scenario
     problem = check_privacy_scenario(s)
     if problem:
@@ -499,6 +507,41 @@ def _check_together(s: dict) -> None:
     if s["hosts"]["num_gpus"] > 1 and s["hosts"]["num_gpus"] != int(s["hosts"]["num_gpus"]):
         raise ScenarioError(f"scenario key 'hosts.num_gpus': {s['hosts']['num_gpus']} is not allowed; "
                             "a fraction below 1 or a whole number of GPUs")
+
+
+def _check_async(s: dict) -> None:
+    """server.mode: async replaces the round's sampling, deadline and budget with its own
+    concurrency, buffer and staleness bound, and aggregates individual updates."""
+    server = s["server"]
+    if server["mode"] != "async":
+        return
+    if server["concurrency"] > s["participants"]:
+        raise ScenarioError(f"scenario key 'server.concurrency': {server['concurrency']} is more than "
+                            f"participants={s['participants']}")
+    if server["buffer_size"] > server["concurrency"]:
+        raise ScenarioError(f"scenario key 'server.buffer_size': {server['buffer_size']} is more than "
+                            f"server.concurrency={server['concurrency']}; at most that many can arrive")
+    for key, value, default in (("deadline_s", s["deadline_s"], None),
+                                ("sampling.fraction", s["sampling"]["fraction"], None),
+                                ("sampling.count", s["sampling"]["count"], None),
+                                ("sampling.over_selection", s["sampling"]["over_selection"], 1.0),
+                                ("server.aggregator", server["aggregator"], "fedavg")):
+        if value != default:
+            raise ScenarioError(f"scenario key '{key}': {value!r} is not allowed with server.mode: async; "
+                                f"allowed: {default!r} (async draws participants as others arrive and "
+                                f"bounds lateness with server.max_staleness)")
+    budgets = [key for key in BUDGETS if s["budget"][key] is not None]
+    if budgets:
+        raise ScenarioError(f"scenario key 'budget.{budgets[0]}': not allowed with server.mode: async; "
+                            f"rounds (aggregations) is the cap")
+    for key in ("dp", "secure_aggregation"):
+        if s["privacy"].get(key) is not None:
+            raise ScenarioError(f"scenario key 'privacy.{key}': not allowed with server.mode: async "
+                                f"(it needs a synchronous cohort)")
+    not_shared = [m for m in s["methods"] if m in ("independent_growth", "local_small", "centralized")]
+    if not_shared:
+        raise ScenarioError(f"scenario key 'methods': {not_shared[0]!r} is not allowed with server.mode: "
+                            f"async (it shares nothing to aggregate); allowed: fedgrow, fedavg_scratch")
 
 
 def _check_faults(s: dict) -> None:

@@ -652,20 +652,26 @@ class MethodRun:
 def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None,
                    save_checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None, export_dir: str | None = None) -> dict:
-    """Every method of the scenario, one after another, on the same participants and data.
+    """Every method of the scenario, one after another, on the same participants and data, in
+    synchronous rounds (MethodRun) or, with server.mode: async, buffered asynchronous
+    aggregations (buffered.BufferedRun).
 
     `save_checkpoint(state)` is called on the scenario's checkpoint schedule (the participants'
     state is already stored: hosts write it as they work, and the checkpoint names the version
     of each); `resume` is such a state to continue from. With `export_dir`, the scenario's
     `export` participants' final fedgrow models and the final Global-LiGO are written there
     (fedgrow_ray.export). Returns the summary (see outputs.RunFolder.finish)."""
+    if experiment.scenario["server"]["mode"] == "async":
+        from .buffered import BufferedRun as scheduler  # the asynchronous scheduler, beside this one
+    else:
+        scheduler = MethodRun
     summaries = dict(resume["summaries"]) if resume else {}
     versions = StateVersions(resume["versions"] if resume else None)
     for index, name in enumerate(experiment.scenario["methods"]):
         if name in summaries:
             continue
         snapshot = resume if resume and resume["method"] == name else None
-        run = MethodRun(experiment, name, executor, record, log, progress, snapshot, versions, export_dir)
+        run = scheduler(experiment, name, executor, record, log, progress, snapshot, versions, export_dir)
 
         def checkpoint(run, index=index, name=name):
             if save_checkpoint:

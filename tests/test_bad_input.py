@@ -97,6 +97,15 @@ def ray_address(ray):
 # check be missing, the run it lets through is short.
 CASES = [
     # the top level
+    ("async buffer larger than the concurrency",
+     lambda t, f: ["--set", "server.mode=async", "--set", "server.concurrency=3", "--set", "server.buffer_size=4"],
+     "error: scenario key 'server.buffer_size': 4 is more than server.concurrency=3"),
+    ("async with a deadline",
+     lambda t, f: ["--set", "server.mode=async", "--set", "server.concurrency=5", "--set", "deadline_s=2"],
+     "error: scenario key 'deadline_s': 2.0 is not allowed with server.mode: async; allowed: None"),
+    ("async staleness weight unknown",
+     lambda t, f: ["--set", "server.staleness_weight=linear"],
+     "error: scenario key 'server.staleness_weight': 'linear' is not allowed; allowed: ['constant', 'polynomial']"),
     ("rounds 0", lambda t, f: ["--set", "rounds=0"],
      "error: scenario key 'rounds': 0 is not allowed; expected an integer >= 1"),
     ("seed negative", lambda t, f: ["--set", "seed=-1"],
