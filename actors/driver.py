@@ -63,8 +63,6 @@ class DriverActor:
             self.folder.fail(f"{type(err).__name__}: {err}")
             self._log(traceback.format_exc())
             raise
-        finally:
-            self.placement.release()  # the hosts' reservation, with the hosts in it
 
 
 def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, placement,
@@ -73,20 +71,25 @@ def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, place
     `placement`; progress events and notices go to the callbacks as they come. Returns the
     summary; raises what the driver raised (the run folder already says `failed`)."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
-    driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
-        scenario, cache_dir, run_dir, resume, run_id, placement)
-    done = driver.run.remote()
-    while True:
-        ready, _ = ray.wait([done], timeout=0.5)
-        events, messages = ray.get(driver.poll.remote())
-        for message in messages:
-            if on_message:
-                on_message(message)
-        for event in events:
-            if on_event:
-                on_event(event)
-        if ready:
-            return ray.get(done)
+    # The hosts' reservation is made and removed here, so that it goes even if the driver dies.
+    placement.reserve(scenario, on_message or (lambda message: None))
+    try:
+        driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
+            scenario, cache_dir, run_dir, resume, run_id, placement)
+        done = driver.run.remote()
+        while True:
+            ready, _ = ray.wait([done], timeout=0.5)
+            events, messages = ray.get(driver.poll.remote())
+            for message in messages:
+                if on_message:
+                    on_message(message)
+            for event in events:
+                if on_event:
+                    on_event(event)
+            if ready:
+                return ray.get(done)
+    finally:
+        placement.release()
 
 
 def driver_died(err: BaseException) -> bool:

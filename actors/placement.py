@@ -84,7 +84,7 @@ class ClusterPlacement:
 
     def __init__(self, driver_node: str):
         self.driver_node = driver_node
-        self.group = None
+        self.group, self.options, self.size = None, None, 0
 
     @classmethod
     def here(cls) -> "ClusterPlacement":
@@ -94,6 +94,17 @@ class ClusterPlacement:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.driver_node, soft=False)}
 
     def hosts(self, scenario: dict, log) -> list[dict]:
+        """Ray options of each host, in the group `reserve` made (reserving it if not yet)."""
+        if self.group is None:
+            self.reserve(scenario, log)
+        return [{**self.options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=self.group, placement_group_bundle_index=i,
+                    placement_group_capture_child_tasks=False)} for i in range(self.size)]
+
+    def reserve(self, scenario: dict, log) -> None:
+        """The hosts' placement group, reserved by the process that follows the run (run_on_ray),
+        which removes it at the end even when the driver actor dies: a group lives as long as
+        the Ray job that made it, not the actor."""
         from .cluster import check_resources  # launch.py ran it already, before the run folder
 
         nodes = alive_nodes()
@@ -115,9 +126,7 @@ class ClusterPlacement:
                 f"(available now: {ray.available_resources()}). Lower hosts.actors, hosts.num_cpus or "
                 f"hosts.memory_mb, or free the cluster")
         log(f"reserved {size} participant hosts ({strategy}): {describe_nodes(options, nodes)}")
-        return [{**options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    placement_group=self.group, placement_group_bundle_index=i,
-                    placement_group_capture_child_tasks=False)} for i in range(size)]
+        self.options, self.size = options, size
 
     def release(self) -> None:
         """Hand the reservation back (its actors end with it)."""
@@ -159,8 +168,11 @@ class TrialPlacement:
     def driver_options(self) -> dict:
         return {"scheduling_strategy": self._in_bundle(0)}
 
+    def reserve(self, scenario: dict, log) -> None:
+        """Tune reserved the trial's group."""
+
     def release(self) -> None:
-        """Tune reserved the trial's group and removes it."""
+        """Tune removes the trial's group."""
 
     def hosts(self, scenario: dict, log) -> list[dict]:
         options = host_resources(scenario, self.cluster_gpus, log)

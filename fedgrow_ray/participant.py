@@ -419,8 +419,11 @@ class ParticipantHost:
         """`train`, then the host's side of the reduction (fedgrow_ray.reduction.reduce_on_host):
         the updates are screened here and leave as one weighted partial sum, in participant order."""
         results = self.train(method_name, round_number, sorted(pids), shared, sleep_s, expected)
-        screen = UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
-        return reduce_on_host(results, screen, shared, round_number)
+        return reduce_on_host(results, self.screen(method_name), shared, round_number)
+
+    def screen(self, method_name: str) -> UpdateScreen:
+        """What this host does to a method's updates before summing them (fedgrow_ray.reduction)."""
+        return UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
 
     def memory(self) -> dict:
         """What this host really uses (Ray's resource fractions are only logical): resident

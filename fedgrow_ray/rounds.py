@@ -34,7 +34,7 @@ from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
 from .privacy.attacks import KEYS as MEMBERSHIP_KEYS
 from .privacy.mechanisms import ServerPrivacy, active as privacy_active
-from .reduction import UpdateScreen, reduces_on_hosts
+from .reduction import UpdateScreen, reduce_on_host, reduces_on_hosts
 
 
 class StateVersions:
@@ -119,10 +119,14 @@ class LocalExecutor:
 
     def train_reduced(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
                       expected=None):
-        answer = self.host.train_reduced(method, round_number, pids, shared, sleep_s, expected)
-        if kill_hosts:  # the only host dies before its answer is out: a new one redoes the work
+        if kill_hosts:  # as in train: the host dies after the first participant's work
+            mine = lambda some: None if expected is None else {p: expected[p] for p in some}  # noqa: E731
+            results = self.host.train(method, round_number, pids[:1], shared, sleep_s, mine(pids[:1]))
             self.host = ParticipantHost(*self._host_args)
             self.restarts += 1
+            results += self.host.train(method, round_number, pids[1:], shared, sleep_s, mine(pids[1:]))
+            answer = reduce_on_host(results, self.host.screen(method), shared, round_number)
+        else:
             answer = self.host.train_reduced(method, round_number, pids, shared, sleep_s, expected)
         if on_done:
             on_done(len(answer["results"]))
