@@ -72,7 +72,14 @@ def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, place
     summary; raises what the driver raised (the run folder already says `failed`)."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
     # The hosts' reservation is made and removed here, so that it goes even if the driver dies.
-    placement.reserve(scenario, on_message or (lambda message: None))
+    folder = RunFolder(run_dir)
+
+    def note(message: str) -> None:  # in events.log, as the driver's notices are
+        folder.log(message)
+        if on_message:
+            on_message(message)
+
+    placement.reserve(scenario, note)
     try:
         driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
             scenario, cache_dir, run_dir, resume, run_id, placement)
