@@ -404,7 +404,8 @@ def prepare(args, progress, scenario: dict | None = None):
         ray, started = cluster.start_or_join(args.address, ROOT)
         try:
             data_path = data.result()
-            cluster.check_resources(scenario, ray.cluster_resources())
+            from actors.placement import alive_nodes
+            cluster.check_resources(scenario, alive_nodes())
         except BaseException:
             if started:
                 ray.shutdown()

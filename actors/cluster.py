@@ -96,30 +96,43 @@ def probe(address: str) -> None:
                            f"the head's address") from None
 
 
-def check_resources(scenario: dict, resources: dict) -> int:
+def check_resources(scenario: dict, nodes: list[dict]) -> int:
     """Before the run folder is created: the participant hosts the scenario asks for (hosts.*)
-    fit the cluster's resources (`ray.cluster_resources()`), and every faults.kill_host names
-    one of them. Returns the number of hosts; raises ClusterError naming the key."""
-    from .placement import host_resources, pool_size
+    fit the cluster's nodes (placement.alive_nodes; each node counted on its own: two nodes with
+    1.5 CPUs hold two 1-CPU hosts, not three), and every faults.kill_host names one of them.
+    Returns the number of hosts; raises ClusterError naming the key, with the per-node numbers."""
+    from .placement import describe_nodes, host_resources, node_capacity, pool_size
 
     hosts = scenario["hosts"]
-    options = host_resources(scenario, resources.get("GPU", 0))
-    size = pool_size(scenario, resources.get("CPU", 1))
+    options = host_resources(scenario, sum(n["resources"].get("GPU", 0) for n in nodes))
+    size = pool_size(scenario, nodes)
     how = f"hosts.actors={hosts['actors']}" if hosts["actors"] is not None else \
         f"one host per hosts.num_cpus={hosts['num_cpus']:g} CPUs"
-    for key, resource, per_actor, unit, name in (
-            ("num_cpus", "CPU", options["num_cpus"], 1, "CPUs"),
-            ("num_gpus", "GPU", options["num_gpus"], 1, "GPUs"),
-            ("memory_mb", "memory", options.get("memory", 0), 2**20, "MiB of memory")):
-        have = resources.get(resource, 0)
-        if size * per_actor > have + 1e-9:  # Ray would wait forever for the actors
-            raise ClusterError(
-                f"scenario key 'hosts.{key}': {per_actor / unit:g} per host x {size} participant hosts "
-                f"({how}) is {size * per_actor / unit:g} {name}, more than the cluster has "
-                f"({have / unit:g}); lower hosts.{key} or hosts.actors")
+    if size > sum(node_capacity(options, n["resources"]) for n in nodes) and not hosts["autoscaling"]:
+        # Name the quota that binds: the resource whose per-node quotas hold the fewest hosts.
+        held = {}
+        for key, resource, per_actor, unit, name in (
+                ("num_cpus", "CPU", options["num_cpus"], 1, "CPUs"),
+                ("num_gpus", "GPU", options["num_gpus"], 1, "GPUs"),
+                ("memory_mb", "memory", options.get("memory", 0), 2**20, "MiB of memory")):
+            if per_actor:
+                alone = {"num_cpus": 0, "num_gpus": 0}
+                alone[resource_key(resource)] = per_actor
+                held[key] = (sum(node_capacity(alone, n["resources"]) for n in nodes), per_actor / unit, name)
+        key = min(held, key=lambda k: held[k][0])
+        fit, per_actor, name = held[key]
+        raise ClusterError(
+            f"scenario key 'hosts.{key}': {per_actor:g} per host x {size} participant hosts ({how}) is "
+            f"{size * per_actor:g} {name}, more than the nodes hold ({fit} such hosts: "
+            f"{describe_nodes(options, nodes)}); lower hosts.{key} or hosts.actors")
     for i, fault in enumerate(scenario["faults"]["kill_host"]):
         if fault["host"] >= size:
             raise ClusterError(f"scenario key 'faults.kill_host[{i}].host': {fault['host']} does not "
                                f"exist; this cluster runs {size} participant hosts ({how}), numbered "
                                f"0 to {size - 1}")
     return size
+
+
+def resource_key(resource: str) -> str:
+    """The host_resources option that asks for a Ray resource."""
+    return {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}[resource]

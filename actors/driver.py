@@ -71,20 +71,32 @@ def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, place
     `placement`; progress events and notices go to the callbacks as they come. Returns the
     summary; raises what the driver raised (the run folder already says `failed`)."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
-    driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
-        scenario, cache_dir, run_dir, resume, run_id, placement)
-    done = driver.run.remote()
-    while True:
-        ready, _ = ray.wait([done], timeout=0.5)
-        events, messages = ray.get(driver.poll.remote())
-        for message in messages:
-            if on_message:
-                on_message(message)
-        for event in events:
-            if on_event:
-                on_event(event)
-        if ready:
-            return ray.get(done)
+    # The hosts' reservation is made and removed here, so that it goes even if the driver dies.
+    folder = RunFolder(run_dir)
+
+    def note(message: str) -> None:  # in events.log, as the driver's notices are
+        folder.log(message)
+        if on_message:
+            on_message(message)
+
+    placement.reserve(scenario, note)
+    try:
+        driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
+            scenario, cache_dir, run_dir, resume, run_id, placement)
+        done = driver.run.remote()
+        while True:
+            ready, _ = ray.wait([done], timeout=0.5)
+            events, messages = ray.get(driver.poll.remote())
+            for message in messages:
+                if on_message:
+                    on_message(message)
+            for event in events:
+                if on_event:
+                    on_event(event)
+            if ready:
+                return ray.get(done)
+    finally:
+        placement.release()
 
 
 def driver_died(err: BaseException) -> bool:

@@ -56,6 +56,11 @@ class ParticipantActor:
         return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected,
                                cohort)
 
+    def train_reduced(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None,
+                      expected=None):
+        return self.host.train_reduced(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s,
+                                       expected)
+
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None,
                  expected=None, export=None):
         return self.host.evaluate(method, pids, self._resolve(shared_ref[0]), final, subject, expected, export)

@@ -113,8 +113,10 @@ class RayExecutor:
                  f"unanswered work is sent again")
         return self.down.pop(index)["waiting"]
 
-    def _gather(self, calls: list[Call], on_done=None, after_sending=None) -> tuple[list[dict], dict[int, str]]:
-        """Send the calls and wait for their answers. A call whose host died waits until Ray
+    def _gather(self, calls: list[Call], on_done=None, after_sending=None, partials: dict | None = None
+                ) -> tuple[list[dict], dict[int, str]]:
+        """Send the calls and wait for their answers (a host's reduced answer puts its partial
+        sum in `partials`, by host index). A call whose host died waits until Ray
         has restarted the host (probed with `info`), then is sent again, at most MAX_RETRIES
         times; calls still out at the round timeout are cancelled. What never answered is a
         failure, with the reason."""
@@ -192,6 +194,10 @@ class RayExecutor:
             except RayTaskError as err:
                 failures.update({pid: f"error on host #{call.index}: {err.cause!r}" for pid in call.pids})
                 continue
+            if partials is not None:  # train_reduced: {"results": [...], "partial": ...}
+                if answer["partial"] is not None:
+                    partials[call.index] = answer["partial"]
+                answer = answer["results"]
             results += answer
             self.used_nodes.add(self.info[call.index]["node_id"])
             if answer:
@@ -212,6 +218,25 @@ class RayExecutor:
                               a.train.remote(method, round_number, [p], shared_ref, sleep_s, e, cohort)))
         # Fault injection: the hosts die while the round runs, right after the work is sent.
         return self._gather(calls, on_done, (lambda: self._kill(kill_hosts)) if kill_hosts else None)
+
+    def train_reduced(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
+                      expected=None):
+        """One call per host for all the participants it holds: its answer is one partial sum
+        (fedgrow_ray.reduction), so the driver receives hosts x update size."""
+        shared_ref = [ray.put(shared)]
+        mine: dict[int, list[int]] = {}
+        for pid in pids:
+            mine.setdefault(self.host_of(pid), []).append(pid)
+        calls = []
+        for index, held in sorted(mine.items()):
+            self.held[index].update(held)
+            told = None if expected is None else {p: expected[p] for p in held}
+            calls.append(Call(index, held, lambda a=self.actors[index], h=held, e=told:
+                              a.train_reduced.remote(method, round_number, h, shared_ref, sleep_s, e)))
+        partials: dict[int, dict] = {}
+        results, failures = self._gather(calls, on_done, (lambda: self._kill(kill_hosts)) if kill_hosts else None,
+                                         partials)
+        return results, [partials[index] for index in sorted(partials)], failures
 
     def _kill(self, kill_hosts) -> None:
         for index in kill_hosts:

@@ -162,7 +162,7 @@ BREAKS = [
           "    Experiment(scenario, data_path).check_inputs()\n", "",
           (f"{B} -k checkpoint and not resume",)),
     Break("cluster resources not checked before the run folder", "launch.py",
-          "            cluster.check_resources(scenario, ray.cluster_resources())\n",
+          "            cluster.check_resources(scenario, alive_nodes())\n",
           "            pass\n",
           (f"{B} -k cluster",)),
     Break("the run folder is created before the checks", "launch.py",

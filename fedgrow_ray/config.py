@@ -321,6 +321,13 @@ SCHEMA = {
         "aggregator": (builtin_or_plugin(AGGREGATORS, "aggregator"), "fedavg"),
         "trim_fraction": (number(0.0, 0.49), 0.1),
         "max_update_norm": (number(above=0, optional=True), None),
+        # sync: rounds; async: buffered asynchronous aggregation (fedgrow_ray.buffered, FedBuff)
+        "mode": (choice(("sync", "async")), "sync"),
+        "concurrency": (integer(1), 10),        # async: participants training at once
+        "buffer_size": (integer(1), 5),         # async: aggregate every K arrivals
+        "max_staleness": (integer(0), 10),      # async: older updates are dropped and counted
+        "staleness_weight": (choice(("constant", "polynomial")), "polynomial"),
+        "staleness_exponent": (number(0.0), 0.5),  # async, polynomial: (1 + staleness)^-a
     },
     "model": {
         "family": (builtin_or_plugin(tuple(FAMILIES), "model family"), "text"),
@@ -391,8 +398,15 @@ SCHEMA = {
         "memory_mb": (number(above=0, optional=True), None),
         "max_resident": (integer(1, optional=True), None),
         "placement": (choice(("spread", "pack")), "spread"),
+        # the hosts' placement group: how long to wait for it, and whether nodes may still come
+        # (an autoscaling cluster: the pool is not checked against the nodes there now)
+        "reserve_timeout_s": (number(above=0), 60.0),
+        "autoscaling": (boolean(), False),
         "round_timeout_s": (number(above=0), 600.0),
         "sleep": (boolean(), False),
+        # FedAvg-family methods: each host sends one weighted partial sum of its participants'
+        # screened updates instead of every update (fedgrow_ray.reduction); same results
+        "reduce": (boolean(), True),
         # where participants' private state lives (see fedgrow_ray.participant.state_location)
         "state_uri": (location(), None),
     },
@@ -474,6 +488,7 @@ def _check_together(s: dict) -> None:
                     f"scenario key 'model.small_shapes[{i}]': {key}={small[key]} is larger than "
                     f"model.intermediate {key}={getattr(intermediate, key)}; small models grow into it")
     _check_faults(s)
+    _check_async(s)
     from .privacy import check_privacy_scenario
     problem = check_privacy_scenario(s)
     if problem:
@@ -513,6 +528,41 @@ def _check_training(s: dict) -> None:
         if problem:
             raise ScenarioError(f"scenario key 'training.precision': {training['precision']} is not allowed "
                                 f"on CPU hosts (hosts.num_gpus=0): {problem}; use fp32 or bf16")
+
+
+def _check_async(s: dict) -> None:
+    """server.mode: async replaces the round's sampling, deadline and budget with its own
+    concurrency, buffer and staleness bound, and aggregates individual updates."""
+    server = s["server"]
+    if server["mode"] != "async":
+        return
+    if server["concurrency"] > s["participants"]:
+        raise ScenarioError(f"scenario key 'server.concurrency': {server['concurrency']} is more than "
+                            f"participants={s['participants']}")
+    if server["buffer_size"] > server["concurrency"]:
+        raise ScenarioError(f"scenario key 'server.buffer_size': {server['buffer_size']} is more than "
+                            f"server.concurrency={server['concurrency']}; at most that many can arrive")
+    for key, value, default in (("deadline_s", s["deadline_s"], None),
+                                ("sampling.fraction", s["sampling"]["fraction"], None),
+                                ("sampling.count", s["sampling"]["count"], None),
+                                ("sampling.over_selection", s["sampling"]["over_selection"], 1.0),
+                                ("server.aggregator", server["aggregator"], "fedavg")):
+        if value != default:
+            raise ScenarioError(f"scenario key '{key}': {value!r} is not allowed with server.mode: async; "
+                                f"allowed: {default!r} (async draws participants as others arrive and "
+                                f"bounds lateness with server.max_staleness)")
+    budgets = [key for key in BUDGETS if s["budget"][key] is not None]
+    if budgets:
+        raise ScenarioError(f"scenario key 'budget.{budgets[0]}': not allowed with server.mode: async; "
+                            f"rounds (aggregations) is the cap")
+    for key in ("dp", "secure_aggregation"):
+        if s["privacy"].get(key) is not None:
+            raise ScenarioError(f"scenario key 'privacy.{key}': not allowed with server.mode: async "
+                                f"(it needs a synchronous cohort)")
+    not_shared = [m for m in s["methods"] if m in ("independent_growth", "local_small", "centralized")]
+    if not_shared:
+        raise ScenarioError(f"scenario key 'methods': {not_shared[0]!r} is not allowed with server.mode: "
+                            f"async (it shares nothing to aggregate); allowed: fedgrow, fedavg_scratch")
 
 
 def _check_faults(s: dict) -> None:

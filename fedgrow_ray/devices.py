@@ -314,19 +314,24 @@ def fit_shape(profile: DeviceProfile, candidates: list[tuple[str, float]]) -> tu
 
 # ---- round selection and deadline -------------------------------------------------------------
 
-def sample_participants(participant_ids: list[int], round_number: int, seed: int,
+def sample_participants(participant_ids: list[int] | range, round_number: int, seed: int,
                         fraction: float | None = None, count: int | None = None,
                         over_selection: float = 1.0) -> list[int]:
-    """The participants asked to train in this round, sorted by id.
+    """The participants asked to train in this round, sorted by id. `participant_ids` may be a
+    range (already sorted, no duplicates): then no list of every participant is built, and
+    numpy's draw without replacement of a few among many keeps a set of the drawn only.
 
     The target k is `count`, or `fraction` of the candidates rounded half up (at least 1), or
     all of them when both are None; `over_selection` >= 1 asks ceil(k * over_selection) (capped
     at all candidates) so that the driver can keep the first k arrivals (FedScale's
     over-commitment). The draw depends only on (seed, round) and the set of candidates, not on
     their order."""
-    ids = sorted(participant_ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError("sample_participants: participant_ids contains duplicates")
+    if isinstance(participant_ids, range) and participant_ids.step == 1:
+        ids = participant_ids
+    else:
+        ids = sorted(participant_ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("sample_participants: participant_ids contains duplicates")
     if fraction is not None and count is not None:
         raise ValueError(f"sample_participants: give fraction ({fraction}) or count ({count}), "
                          f"not both")
@@ -347,7 +352,7 @@ def sample_participants(participant_ids: list[int], round_number: int, seed: int
     # round() first so that 10 * 1.3 = 13.000000000000002 asks 13, not 14.
     asked = min(n, math.ceil(round(k * over_selection, 9)))
     if asked >= n:
-        return ids
+        return list(ids)
     entropy = [_seed_int("seed", seed), _seed_int("round_number", round_number), _SAMPLING_STREAM]
     chosen = _generator(entropy).choice(n, size=asked, replace=False)
     return sorted(ids[i] for i in chosen)

@@ -128,7 +128,7 @@ def run_grown(family: Family, shape: Shape, params: dict, batch: dict, training:
               checkpointing: bool = False):
     """Call a `shape` model of `family` with generated `params` (autograd flows into them),
     its layers checkpointed when `checkpointing` (Family.skeleton)."""
-    skeleton = family.skeleton(shape, checkpointing)
+    skeleton = family.skeleton(shape, checkpointing, next(iter(params.values())).device)
     skeleton.train(training)
     return functional_call(skeleton, params, args=(), kwargs=batch, strict=False)
 

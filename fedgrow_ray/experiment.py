@@ -85,8 +85,9 @@ class Experiment:
 
     # ---- participants -----------------------------------------------------------------------
     @property
-    def participant_ids(self) -> list[int]:
-        return list(range(self.scenario["participants"]))
+    def participant_ids(self) -> range:
+        """Every registered participant: a range, so a million cost nothing until sampled."""
+        return range(self.scenario["participants"])
 
     @functools.lru_cache(maxsize=None)
     def profile(self, pid: int) -> DeviceProfile:

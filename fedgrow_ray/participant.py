@@ -48,6 +48,7 @@ from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
 from .privacy.attacks import MembershipAudit
 from .privacy.mechanisms import ParticipantPrivacy
+from .reduction import UpdateScreen, reduce_on_host
 from .training import Cancelled, batch_stream, derive_seed, make_optimiser, predict, train_steps
 
 # `expected` version of a participant the caller does not know (a host used on its own, as in
@@ -413,6 +414,18 @@ class ParticipantHost:
                             "version": version, **origin,
                             **{key: self.stats[key] - before[key] for key in ("spilled", "reloaded")}})
         return results
+
+    def train_reduced(self, method_name: str, round_number: int, pids: list[int], shared: dict,
+                      sleep_s: dict[int, float] | None = None,
+                      expected: dict[int, tuple[str | None, str | None]] | None = None) -> dict:
+        """`train`, then the host's side of the reduction (fedgrow_ray.reduction.reduce_on_host):
+        the updates are screened here and leave as one weighted partial sum, in participant order."""
+        results = self.train(method_name, round_number, sorted(pids), shared, sleep_s, expected)
+        return reduce_on_host(results, self.screen(method_name), shared, round_number)
+
+    def screen(self, method_name: str) -> UpdateScreen:
+        """What this host does to a method's updates before summing them (fedgrow_ray.reduction)."""
+        return UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
 
     def memory(self) -> dict:
         """What this host really uses (Ray's resource fractions are only logical): resident

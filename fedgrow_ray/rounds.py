@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .aggregation import finish_partial_sums
 from .devices import apply_deadline, is_available, sample_participants, simulated_time
 from .dual_ligo import state_sha256
 from .experiment import CENTER, Experiment
@@ -33,7 +34,7 @@ from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
 from .privacy.attacks import KEYS as MEMBERSHIP_KEYS
 from .privacy.mechanisms import ServerPrivacy, active as privacy_active
-from .training import derive_seed
+from .reduction import UpdateScreen, reduce_on_host, reduces_on_hosts
 
 
 class StateVersions:
@@ -72,6 +73,13 @@ class Executor(Protocol):
         is StateVersions.expected for the participants; `cohort` is passed to every host
         (ParticipantHost.train)."""
 
+    def train_reduced(self, method: str, round_number: int, pids: list[int], shared: dict,
+                      sleep_s: dict[int, float] | None, on_done: Callable[[int], None] | None,
+                      kill_hosts: list[int], expected: dict | None
+                      ) -> tuple[list[dict], list[dict], dict[int, str]]:
+        """`train` with the updates reduced on the hosts (fedgrow_ray.reduction): per-participant
+        metadata, one partial sum per host that accepted any update (in host order), failures."""
+
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
                  subject: int | None = None, expected: dict | None = None, export: dict | None = None
                  ) -> tuple[list[dict], dict[int, str]]:
@@ -109,26 +117,26 @@ class LocalExecutor:
                 on_done(len(results))
         return results, {}
 
+    def train_reduced(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
+                      expected=None):
+        if kill_hosts:  # as in train: the host dies after the first participant's work
+            mine = lambda some: None if expected is None else {p: expected[p] for p in some}  # noqa: E731
+            results = self.host.train(method, round_number, pids[:1], shared, sleep_s, mine(pids[:1]))
+            self.host = ParticipantHost(*self._host_args)
+            self.restarts += 1
+            results += self.host.train(method, round_number, pids[1:], shared, sleep_s, mine(pids[1:]))
+            answer = reduce_on_host(results, self.host.screen(method), shared, round_number)
+        else:
+            answer = self.host.train_reduced(method, round_number, pids, shared, sleep_s, expected)
+        if on_done:
+            on_done(len(answer["results"]))
+        return answer["results"], [answer["partial"]] if answer["partial"] else [], {}
+
     def evaluate(self, method, pids, shared, final, subject=None, expected=None, export=None):
         return self.host.evaluate(method, pids, shared, final, subject, expected, export), {}
 
     def release(self, method):
         self.host.release(method)
-
-
-def corrupt_update(update: dict, kind: str) -> dict:
-    """A broken copy of an update: what validation must catch (faults.bad_update)."""
-    update = {k: v.clone() for k, v in update.items()}
-    name = sorted(update)[0]
-    if kind in ("nan", "inf"):
-        update[name].view(-1)[0] = float(kind)
-    elif kind == "shape":
-        update[name] = update[name].reshape(-1)[:-1].clone()
-    elif kind == "name":
-        update[name + ".renamed"] = update.pop(name)
-    elif kind == "huge":
-        update[name] = update[name] * 1e6
-    return update
 
 
 def _mean(values):
@@ -198,6 +206,8 @@ class MethodRun:
         # privacy.dp / privacy.secure_aggregation, for a method that shares (privacy/mechanisms.py)
         self.privacy = (ServerPrivacy(self.scenario, self.method.stream)
                         if self.method.shares and privacy_active(self.scenario) else None)
+        self.screen = UpdateScreen(self.scenario, experiment.seed, self.method)
+        self.reduce = reduces_on_hosts(self.method, self.scenario, self.privacy)
         if resume is not None:
             self.shared, self.round = resume["shared"], resume["round"]
             self.shared_names = set(resume["shared_names"])
@@ -344,24 +354,6 @@ class MethodRun:
                 "not_needed": [p for p in late if p not in missed], "round_time_s": round_time,
                 "upload": upload, "flops_each": {p: flops_each[p] for p in kept}}
 
-    def _lost_uploads(self, results: list[dict], round_number: int) -> list[dict]:
-        """Fault injection: uploads lost on the way, each with probability faults.drop_upload."""
-        p = self.scenario["faults"]["drop_upload"]
-        if not p:
-            return []
-        draw = lambda pid: np.random.default_rng(  # noqa: E731
-            derive_seed(self.exp.seed, pid, self.method.stream, round_number, "drop-upload")).random()
-        return [r for r in results if r["update"] is not None and draw(r["id"]) < p]
-
-    def _corrupt(self, results: list[dict], round_number: int) -> None:
-        """Fault injection: participants that send a broken update (faults.bad_update)."""
-        for fault in self.scenario["faults"]["bad_update"]:
-            if fault["round"] != round_number or fault["method"] not in (None, self.method.name):
-                continue
-            for result in results:
-                if result["id"] == fault["participant"] and result["update"]:
-                    result["update"] = corrupt_update(result["update"], fault["kind"])
-
     def _accept(self, results: list[dict], when: str) -> None:
         """Record the participants' new state versions; say which were restored and, loudly,
         which could not be (their state was rebuilt from scratch)."""
@@ -377,14 +369,93 @@ class MethodRun:
                          f"results from here on differ from a fault-free run's (hosts.state_uri "
                          f"must be a location every node reaches)")
 
+    def _gather_per_participant(self, round_number: int, plan: dict, on_done, kill) -> dict:
+        """Every update travels to the driver, which screens and aggregates them (robust and
+        plugin aggregators, secure aggregation, DP). The outcome, as _gather_on_hosts's."""
+        kept = plan["kept"]
+        masked = self.privacy is not None and self.privacy.masked
+        results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
+                                                self._sleep_s(plan), on_done, kill, self.versions.expected(kept),
+                                                cohort=kept if masked else None)
+        results.sort(key=lambda r: r["id"])  # arrival order varies; float sums must not
+        driver_bytes_in = sum(state_bytes(r["update"]) for r in results)
+        if self.privacy is not None:  # where updates arrive: masked ones only, under secure aggregation
+            for result in results:
+                if result["update"] is not None:
+                    self.privacy.check_arrival(result["update"])
+        self._accept(results, f"round {round_number}")
+        self.screen.corrupt(results, round_number)
+        lost = self.screen.lost(results, round_number)
+        for lost_upload in lost:
+            results.remove(lost_upload)
+            failures[lost_upload["id"]] = "upload lost (faults.drop_upload)"
+            self.shared_names.update(lost_upload["update"])  # it left the participant all the same
+        accepted, accepted_ids, rejected = [], [], []
+        for result in results:
+            update = result["update"]
+            if update is None:
+                continue
+            self.shared_names.update(update)
+            # A masked update cannot be checked one by one (the server sees only the sum).
+            problem = None if masked else self.screen.problem(update, self.shared)
+            if problem:
+                rejected.append((result["id"], problem))
+            else:
+                accepted.append((update, result["samples"]))
+                accepted_ids.append(result["id"])
+        privacy_cost = {"bytes_up": 0, "bytes_down": 0, "secagg_s": 0.0}
+        aggregated = None
+        if accepted and self.privacy is not None:
+            aggregated, privacy_cost = self.privacy.aggregate(
+                self.shared, list(zip(accepted_ids, [u for u, _ in accepted])), round_number,
+                len(plan["asked"]), kept, [r["id"] for r in results + lost])
+        elif accepted:
+            aggregated = self.method.aggregate(self.shared, accepted)
+        upload = self.privacy.upload_bytes if self.privacy is not None else state_bytes
+        return {"results": results, "failures": failures, "rejected": rejected, "accepted": len(accepted),
+                "aggregated": aggregated, "privacy_cost": privacy_cost, "driver_bytes_in": driver_bytes_in,
+                "bytes_up": sum(upload(r["update"]) for r in results + lost if r["update"] is not None)}
+
+    def _gather_on_hosts(self, round_number: int, plan: dict, on_done, kill) -> dict:
+        """Each host screens its participants' updates and sends one weighted partial sum
+        (fedgrow_ray.reduction); the driver adds the partial sums in host order. Per
+        participant, only metadata arrives (samples, loss, upload bytes, outcome)."""
+        kept = plan["kept"]
+        results, partials, failures = self.executor.train_reduced(
+            self.method.name, round_number, kept, self.shared, self._sleep_s(plan), on_done, kill,
+            self.versions.expected(kept))
+        results.sort(key=lambda r: r["id"])
+        self._accept(results, f"round {round_number}")
+        lost = [r for r in results if r["outcome"] == "lost"]
+        for lost_upload in lost:
+            results.remove(lost_upload)
+            failures[lost_upload["id"]] = "upload lost (faults.drop_upload)"
+        for result in results + lost:
+            self.shared_names.update(result["names"])
+        aggregated = None
+        if partials:
+            dtypes = {name: dtype for partial in partials for name, dtype in partial["dtypes"].items()}
+            aggregated = finish_partial_sums([(p["sums"], p["samples"]) for p in partials], dtypes)
+        return {"results": results, "failures": failures,
+                "rejected": [(r["id"], r["reason"]) for r in results if r["outcome"] == "rejected"],
+                "accepted": sum(r["outcome"] == "accepted" for r in results), "aggregated": aggregated,
+                "privacy_cost": {"bytes_up": 0, "bytes_down": 0, "secagg_s": 0.0},
+                "driver_bytes_in": sum(state_bytes(p["sums"]) for p in partials),
+                "bytes_up": sum(r["upload_bytes"] for r in results + lost)}
+
+    def _sleep_s(self, plan: dict) -> dict | None:
+        """hosts.sleep: each participant sleeps its simulated time (a wall-clock stand-in)."""
+        if not self.scenario["hosts"]["sleep"]:
+            return None
+        return {p: plan["times"][p].total_s for p in plan["kept"]}
+
     def run_round(self, round_number: int, rounds: int) -> dict:
         start = time.perf_counter()
         self._lost, self._restarts_before = 0, self.executor.restarts
         plan = self.plan(round_number)
         self._plans.pop(round_number)
-        kept, times = plan["kept"], plan["times"]
+        kept = plan["kept"]
         self.sampled[round_number] = plan["asked"]
-        sleep_s = {p: times[p].total_s for p in kept} if self.scenario["hosts"]["sleep"] else None
         event = {"method": self.method.name, "round": round_number, "rounds": rounds, "phase": "start",
                  "running": len(kept), "done": 0, "accuracy": (self.last_eval or {}).get("accuracy")}
         self.progress(event)
@@ -395,63 +466,30 @@ class MethodRun:
         kill = [f["host"] for f in self.scenario["faults"]["kill_host"]
                 if f["round"] == round_number and f["method"] in (None, self.method.name)]
         masked = self.privacy is not None and self.privacy.masked
-        results, failures = self.executor.train(self.method.name, round_number, kept, self.shared,
-                                                sleep_s, on_done, kill, self.versions.expected(kept),
-                                                cohort=kept if masked else None)
-        results.sort(key=lambda r: r["id"])  # arrival order varies; float sums must not
-        if self.privacy is not None:  # where updates arrive: masked ones only, under secure aggregation
-            for result in results:
-                if result["update"] is not None:
-                    self.privacy.check_arrival(result["update"])
-        self._accept(results, f"round {round_number}")
-        self._corrupt(results, round_number)
-        lost = self._lost_uploads(results, round_number)
-        for lost_upload in lost:
-            results.remove(lost_upload)
-            failures[lost_upload["id"]] = "upload lost (faults.drop_upload)"
-            self.shared_names.update(lost_upload["update"])  # it left the participant all the same
+        gather = self._gather_on_hosts if self.reduce else self._gather_per_participant
+        outcome = gather(round_number, plan, on_done, kill)
+        results, failures = outcome["results"], outcome["failures"]
         for pid, reason in sorted(failures.items()):
             self.log(f"{self.method.name} round {round_number}: participant {pid} failed: {reason}")
-        accepted, accepted_ids, rejected = [], [], 0
-        for result in results:
-            update = result["update"]
-            if update is None:
-                continue
-            self.shared_names.update(update)
-            # A masked update cannot be checked one by one (the server sees only the sum).
-            problem = None if masked else self.method.check(update, self.shared,
-                                                            self.scenario["server"]["max_update_norm"])
-            if problem:
-                rejected += 1
-                self.log(f"{self.method.name} round {round_number}: update of participant "
-                         f"{result['id']} rejected: {problem}")
-            else:
-                accepted.append((update, result["samples"]))
-                accepted_ids.append(result["id"])
+        for pid, problem in outcome["rejected"]:
+            self.log(f"{self.method.name} round {round_number}: update of participant {pid} rejected: {problem}")
+        rejected = len(outcome["rejected"])
         bytes_down = sum(plan["download"].values())
         for pid in plan["reachable"]:
             self.received[pid] = round_number - 1
-        privacy_cost = {"bytes_up": 0, "bytes_down": 0, "secagg_s": 0.0}
+        privacy_cost = outcome["privacy_cost"]
         if self.method.shares:
-            aggregated = None
-            if accepted and self.privacy is not None:
-                aggregated, privacy_cost = self.privacy.aggregate(
-                    self.shared, list(zip(accepted_ids, [u for u, _ in accepted])), round_number,
-                    len(plan["asked"]), kept, [r["id"] for r in results + lost])
-                if privacy_cost["problem"]:
-                    self.log(f"{self.method.name} round {round_number}: {privacy_cost['problem']}; "
-                             f"the shared state is unchanged")
-            elif accepted:
-                aggregated = self.method.aggregate(self.shared, accepted)
-            else:
+            aggregated = outcome["aggregated"]
+            if privacy_cost.get("problem"):
+                self.log(f"{self.method.name} round {round_number}: {privacy_cost['problem']}; "
+                         f"the shared state is unchanged")
+            elif not outcome["accepted"]:
                 self.log(f"{self.method.name} round {round_number}: no update arrived in time; "
                          f"the shared state is unchanged")
             if aggregated is not None:
                 self.shared = {**self.shared, **aggregated}
                 self.changed_round.update({name: round_number for name in aggregated})
-        upload = self.privacy.upload_bytes if self.privacy is not None else state_bytes
-        bytes_up = sum(upload(r["update"]) for r in results + lost if r["update"] is not None)
-        bytes_up += privacy_cost["bytes_up"]
+        bytes_up = outcome["bytes_up"] + privacy_cost["bytes_up"]
         bytes_down += privacy_cost["bytes_down"]
         self.set_up.update(plan["newcomers"])
         self.totals["bytes_up"] += bytes_up
@@ -467,7 +505,8 @@ class MethodRun:
             "dropped_deadline": len(plan["missed_deadline"]), "over_selected": len(plan["not_needed"]),
             "unavailable": len(plan["asked"]) - len(plan["excluded"]) - len(plan["reachable"]),
             "excluded_memory": len(plan["excluded"]), "failed": len(failures), "rejected": rejected,
-            "aggregated": len(accepted), "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "aggregated": outcome["accepted"], "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "driver_bytes_in": outcome["driver_bytes_in"],
             "flops": plan["flops"], "setup_sim_s": plan["setup_sim_s"], "sim_time_s": plan["round_time_s"],
             "train_loss": (float(np.average([r["train_loss"] for r in results], weights=samples))
                            if results and sum(samples) else None),
@@ -617,20 +656,26 @@ class MethodRun:
 def run_experiment(experiment: Experiment, executor: Executor, record, log, progress=None,
                    save_checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None, export_dir: str | None = None) -> dict:
-    """Every method of the scenario, one after another, on the same participants and data.
+    """Every method of the scenario, one after another, on the same participants and data, in
+    synchronous rounds (MethodRun) or, with server.mode: async, buffered asynchronous
+    aggregations (buffered.BufferedRun).
 
     `save_checkpoint(state)` is called on the scenario's checkpoint schedule (the participants'
     state is already stored: hosts write it as they work, and the checkpoint names the version
     of each); `resume` is such a state to continue from. With `export_dir`, the scenario's
     `export` participants' final fedgrow models and the final Global-LiGO are written there
     (fedgrow_ray.export). Returns the summary (see outputs.RunFolder.finish)."""
+    if experiment.scenario["server"]["mode"] == "async":
+        from .buffered import BufferedRun as scheduler  # the asynchronous scheduler, beside this one
+    else:
+        scheduler = MethodRun
     summaries = dict(resume["summaries"]) if resume else {}
     versions = StateVersions(resume["versions"] if resume else None)
     for index, name in enumerate(experiment.scenario["methods"]):
         if name in summaries:
             continue
         snapshot = resume if resume and resume["method"] == name else None
-        run = MethodRun(experiment, name, executor, record, log, progress, snapshot, versions, export_dir)
+        run = scheduler(experiment, name, executor, record, log, progress, snapshot, versions, export_dir)
 
         def checkpoint(run, index=index, name=name):
             if save_checkpoint:

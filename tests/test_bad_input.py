@@ -97,6 +97,15 @@ def ray_address(ray):
 # check be missing, the run it lets through is short.
 CASES = [
     # the top level
+    ("async buffer larger than the concurrency",
+     lambda t, f: ["--set", "server.mode=async", "--set", "server.concurrency=3", "--set", "server.buffer_size=4"],
+     "error: scenario key 'server.buffer_size': 4 is more than server.concurrency=3"),
+    ("async with a deadline",
+     lambda t, f: ["--set", "server.mode=async", "--set", "server.concurrency=5", "--set", "deadline_s=2"],
+     "error: scenario key 'deadline_s': 2.0 is not allowed with server.mode: async; allowed: None"),
+    ("async staleness weight unknown",
+     lambda t, f: ["--set", "server.staleness_weight=linear"],
+     "error: scenario key 'server.staleness_weight': 'linear' is not allowed; allowed: ['constant', 'polynomial']"),
     ("rounds 0", lambda t, f: ["--set", "rounds=0"],
      "error: scenario key 'rounds': 0 is not allowed; expected an integer >= 1"),
     ("seed negative", lambda t, f: ["--set", "seed=-1"],
@@ -248,16 +257,16 @@ CASES = [
     ("hosts.actors beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=5"],
      "error: scenario key 'hosts.num_cpus': 1 per host x 5 participant hosts (hosts.actors=5) is 5 CPUs, "
-     "more than the cluster has (2)"),
+     "more than the nodes hold (2 such hosts: node "),
     ("hosts.num_cpus beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=null",
                    "--set", "hosts.num_cpus=3"],
      "error: scenario key 'hosts.num_cpus': 3 per host x 1 participant hosts (one host per hosts.num_cpus=3 CPUs) "
-     "is 3 CPUs, more than the cluster has (2)"),
+     "is 3 CPUs, more than the nodes hold (0 such hosts: node "),
     ("hosts.memory_mb beyond the cluster",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.memory_mb=1e9"],
      "error: scenario key 'hosts.memory_mb': 1e+09 per host x 2 participant hosts (hosts.actors=2) is 2e+09 MiB "
-     "of memory, more than the cluster has"),
+     "of memory, more than the nodes hold (0 such hosts: node "),
     ("kill a host the cluster does not run",
      lambda t, f: [tiny_file(t), "--executor", "ray", "--address", f["ray"], "--set", "hosts.actors=null",
                    "--set", "faults.kill_host=[{host: 5, round: 1}]"],

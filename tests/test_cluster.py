@@ -245,7 +245,7 @@ def _fault_free(tmp_path, spec):
 
 
 MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_max", "resident_max",
-            "spilled", "reloaded", "restarts"}
+            "spilled", "reloaded", "restarts", "driver_bytes_in"}
 
 
 @pytest.mark.slow

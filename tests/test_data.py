@@ -443,7 +443,7 @@ def test_spec_defaults_are_filled_and_checking_is_idempotent():
      "data.partition.alpha: -1 must be a number > 0"),
     ({"source": "synthetic_text", "partition": {"scheme": "pathological"}},
      "data.partition.scheme: 'pathological' is unknown; allowed: ['iid', 'dirichlet', 'quantity_skew', "
-     "'shards']"),
+     "'shards', 'sampled', 'natural']"),
     ({"source": "synthetic_text", "partition": {"scheme": "iid", "alpha": 0.5}},
      "data.partition: unknown key(s) ['alpha'] for scheme 'iid'"),
     ({"source": "synthetic_text", "partition": {"scheme": "shards", "shards_per_participant": 0}},

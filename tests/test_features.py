@@ -333,13 +333,19 @@ def test_a_half_written_last_row_is_dropped_on_resume(cache, tmp_path):
 
 # ---- with Ray: placement, and the message when the driver dies -------------------------------
 def test_placement_sets_the_actor_strategy_and_not_the_results(ray_session, cache, tmp_path):
-    """Guards against hosts.placement being ignored, or changing results on one node."""
+    """Guards against hosts.placement being ignored (it is the strategy of the hosts' placement
+    group: spread -> SPREAD, pack -> PACK, one bundle per host), or changing results on one node."""
     from actors.placement import ClusterPlacement
+    from ray.util.placement_group import placement_group_table
     outcomes = {}
-    for placement, strategy in (("spread", "SPREAD"), ("pack", "DEFAULT")):
+    for placement, strategy in (("spread", "SPREAD"), ("pack", "PACK")):
         scenario = tiny(f"hosts.placement={placement}")
-        hosts = ClusterPlacement.here().hosts(scenario, print)
-        assert {h["scheduling_strategy"] for h in hosts} == {strategy}
+        reserved = ClusterPlacement.here()
+        hosts = reserved.hosts(scenario, print)
+        table = placement_group_table(reserved.group)
+        assert table["strategy"] == strategy and len(table["bundles"]) == len(hosts) == 2
+        assert [h["scheduling_strategy"].placement_group_bundle_index for h in hosts] == [0, 1]
+        reserved.release()
         summary, rows, _ = simulate(ray_session, scenario, cache, tmp_path / placement)
         outcomes[placement] = (summary["global_ligo_sha256"], results(rows), summary["nodes_used"])
     assert outcomes["spread"] == outcomes["pack"] and outcomes["pack"][2] == 1

@@ -219,7 +219,7 @@ def test_driver_holds_only_masked_updates(cache):
     from fedgrow_ray.experiment import Experiment
     from fedgrow_ray.rounds import LocalExecutor, MethodRun
     arrived, runs = {}, {}
-    for label, overrides in (("masked", ("privacy.secure_aggregation={}",)), ("plain", ())):
+    for label, overrides in (("masked", ("privacy.secure_aggregation={}",)), ("plain", ("hosts.reduce=false",))):
         scenario = tiny("rounds=1", *overrides)
         experiment = Experiment(scenario, prepare_scenario_data(scenario, cache))
         executor = LocalExecutor(scenario, str(experiment.data.path))

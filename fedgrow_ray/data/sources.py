@@ -74,7 +74,7 @@ def load_source(spec: dict, seed: int) -> Raw:
     elif source in HUB:
         raw = load_hub(source)
     else:
-        raw = load_files(spec["files"], spec["num_classes"], seed)
+        raw = load_files(spec["files"], spec["num_classes"], seed, spec["partition"].get("column"))
     limit = spec["max_train_samples"]
     if limit is not None and limit < len(raw.train):
         keep = np.sort(np.random.default_rng([seed, 303]).choice(len(raw.train), limit, replace=False))
@@ -117,9 +117,10 @@ def _unavailable_message(name, hub, err):
 
 # ---- local files ----------------------------------------------------------------------------
 
-def load_files(files: dict, num_classes: int | None, seed: int) -> Raw:
+def load_files(files: dict, num_classes: int | None, seed: int, owner_column: str | None = None) -> Raw:
     """Local files in a checked `files` spec; without a test file, a seeded share of the train
-    file becomes the test set."""
+    file becomes the test set. With `owner_column` (data.partition scheme natural), the training
+    set keeps that column as `participant`."""
     family = files_family(files)
     input_column = files.get("text_column") or files.get("image_column") or "image"
 
@@ -146,8 +147,16 @@ def load_files(files: dict, num_classes: int | None, seed: int) -> Raw:
         test = read(files["test"], "data.files.test")
         test_where = files["test"]
     label_column = files.get("label_column", "label")  # image folders name it "label"
-    return _normalise(train, test, input_column, label_column, family, None, num_classes, "data.files",
-                      files["train"], test_where)
+    if owner_column is not None and owner_column not in train.column_names:
+        raise ValueError(f"data.partition.column: column {owner_column!r} is not in {files['train']}; "
+                         f"columns present: {train.column_names}")
+    owners = column(train, owner_column) if owner_column is not None else None
+    raw = _normalise(train, test, input_column, label_column, family, None, num_classes, "data.files",
+                     files["train"], test_where)
+    if owners is not None:
+        raw = Raw(raw.train.add_column("participant", [str(o) for o in owners]), raw.test, raw.class_names,
+                  raw.family)
+    return raw
 
 
 def files_family(files: dict) -> str:

@@ -20,7 +20,13 @@ PARTITION_DEFAULTS = {
     "dirichlet": {"alpha": 0.5, "min_samples": 2},
     "quantity_skew": {"sigma": 1.0, "min_samples": 2},
     "shards": {"shards_per_participant": 2},
+    # Lazy (a million participants): each participant's rows are drawn when it is first used,
+    # a pure function of the seed and its id (rows may repeat across participants).
+    "sampled": {"samples": 40},
+    # A dataset column names each row's participant (data.files sources).
+    "natural": {"column": None},
 }
+LAZY_SCHEMES = ("sampled", "natural")  # test splits drawn per participant on first use
 FORMATS = ("parquet", "csv", "jsonl", "imagefolder")
 
 
@@ -49,6 +55,9 @@ def check_data_spec(raw, where: str = "data") -> dict:
         spec["num_classes"] = _optional(raw.get("num_classes"), f"{where}.num_classes", 2)
     spec["max_train_samples"] = _optional(raw.get("max_train_samples"), f"{where}.max_train_samples", 1)
     spec["partition"] = _check_partition(raw.get("partition", {}), f"{where}.partition")
+    if spec["partition"]["scheme"] == "natural" and source != "files":
+        raise ValueError(f"{where}.partition.scheme: 'natural' is not allowed with source {source!r}; "
+                         f"it needs data.files with a column naming each row's participant")
     spec["test_per_participant"] = check_int(raw.get("test_per_participant", 100),
                                             f"{where}.test_per_participant", 1)
     spec["global_test_size"] = _optional(raw.get("global_test_size"), f"{where}.global_test_size", 1)
@@ -123,6 +132,13 @@ def _check_partition(raw, where):
         spec["sigma"] = _number(params["sigma"], f"{where}.sigma", lambda x: x >= 0, ">= 0")
     if "min_samples" in params:
         spec["min_samples"] = check_int(params["min_samples"], f"{where}.min_samples", 1)
+    if "samples" in params:
+        spec["samples"] = check_int(params["samples"], f"{where}.samples", 1)
+    if scheme == "natural":
+        if not isinstance(params["column"], str) or not params["column"]:
+            raise ValueError(f"{where}.column: {params['column']!r} must name the column of the files "
+                             f"that says whose row it is")
+        spec["column"] = params["column"]
     if "shards_per_participant" in params:
         spec["shards_per_participant"] = check_int(params["shards_per_participant"],
                                                   f"{where}.shards_per_participant", 1)

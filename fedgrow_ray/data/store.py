@@ -41,7 +41,7 @@ from .encode import (
 )
 from .partition import matched_test, partition
 from .sources import HUB, column, load_source
-from .spec import check_data_spec, check_int, spec_family
+from .spec import LAZY_SCHEMES, check_data_spec, check_int, spec_family
 
 FORMAT_VERSION = 1
 INPUT_COLUMN = {"text": "input_ids", "image": "pixels"}
@@ -136,8 +136,12 @@ def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_di
     test_labels = np.asarray(column(raw.test, "label"), dtype=np.int64)
     # Each use of the seed draws from its own stream, default_rng([seed, tag]), so that changing
     # one step (say the partition) leaves the others' draws as they were.
-    parts = partition(train_labels, num_participants, np.random.default_rng([seed, 505]),
-                      **spec["partition"])
+    scheme = spec["partition"]["scheme"]
+    if scheme == "natural":
+        owners = natural_rows(column(raw.train, "participant"), num_participants)
+    elif scheme not in LAZY_SCHEMES:
+        parts = partition(train_labels, num_participants, np.random.default_rng([seed, 505]),
+                          **spec["partition"])
 
     if family == "text" and tokenizer_dirs:
         encodings = []
@@ -165,11 +169,15 @@ def _build(into: Path, spec, family, sizes, num_participants, seed, tokenizer_di
         _write_split(into / "train.arrow", family, train_inputs, train_labels)
         _write_split(into / "test.arrow", family, test_inputs, test_labels)
 
-    test_rng = np.random.default_rng([seed, 606])
-    test_by_class = [np.flatnonzero(test_labels == k) for k in range(num_classes)]
-    tests = [matched_test(train_labels[p], test_by_class, spec["test_per_participant"], test_rng)
-             for p in parts]
-    _write(into / "partition.arrow", {"train": _lists(parts), "test": _lists(tests)})
+    if scheme == "natural":  # rows grouped by participant: two arrays, nothing per participant
+        _write(into / "partition.arrow", {"train": pa.ListArray.from_arrays(
+            pa.array(owners[0].astype(np.int32)), pa.array(owners[1]))})
+    elif scheme not in LAZY_SCHEMES:
+        test_rng = np.random.default_rng([seed, 606])
+        test_by_class = [np.flatnonzero(test_labels == k) for k in range(num_classes)]
+        tests = [matched_test(train_labels[p], test_by_class, spec["test_per_participant"], test_rng)
+                 for p in parts]
+        _write(into / "partition.arrow", {"train": _lists(parts), "test": _lists(tests)})
     global_size = spec["global_test_size"]
     global_test = np.arange(len(test_labels))
     if global_size is not None and global_size < len(test_labels):
@@ -209,6 +217,19 @@ def _encode_with_checkpoint_tokenizer(tokenizer_dir, raw, length: int, into: Pat
                  tokenizer.pad_token_id)
     tokenizer.save_pretrained(str(into / "tokenizer"))
     return len(tokenizer), tokenizer.pad_token_id
+
+
+def natural_rows(owners, num_participants: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, rows): participant i (the i-th distinct owner, in sorted order) holds the rows
+    rows[offsets[i]:offsets[i + 1]], in file order; owners beyond num_participants are left out."""
+    names, codes = np.unique(np.asarray(owners), return_inverse=True)
+    if len(names) < num_participants:
+        raise ValueError(f"data.partition: the natural column names {len(names)} participants, fewer "
+                         f"than participants={num_participants}")
+    rows = np.argsort(codes, kind="stable")
+    rows = rows[codes[rows] < num_participants].astype(np.int64)
+    offsets = np.searchsorted(codes[rows], np.arange(num_participants + 1))
+    return offsets, rows
 
 
 def _files_fingerprint(spec):
@@ -329,9 +350,15 @@ class PreparedData:
         self.encoding = encoding
         self.train = Split.open(self.folder / "train.arrow")
         self.test = Split.open(self.folder / "test.arrow")
-        parts = _read(self.path / "partition.arrow")
-        self._offsets = {k: parts.column(k).offsets.to_numpy() for k in ("train", "test")}
-        self._indices = {k: parts.column(k).values.to_numpy(zero_copy_only=True) for k in ("train", "test")}
+        self.scheme = self.meta["spec"]["partition"]
+        stored = () if self.scheme["scheme"] == "sampled" else \
+            ("train",) if self.scheme["scheme"] in LAZY_SCHEMES else ("train", "test")
+        if stored:
+            parts = _read(self.path / "partition.arrow")
+            self._offsets = {k: parts.column(k).offsets.to_numpy() for k in stored}
+            self._indices = {k: parts.column(k).values.to_numpy(zero_copy_only=True) for k in stored}
+        if self.scheme["scheme"] in LAZY_SCHEMES:  # per class: what a participant's test split draws from
+            self._test_by_class = [np.flatnonzero(self.test.labels == k) for k in range(self.num_classes)]
         global_test = _read(self.path / "global_test.arrow").column("index")
         self._global_test = global_test.to_numpy(zero_copy_only=True)
 
@@ -387,8 +414,21 @@ class PreparedData:
     def participant(self, i: int) -> ParticipantData:
         if not 0 <= i < self.num_participants:
             raise IndexError(f"participant {i} does not exist; there are {self.num_participants}")
-        rows = {k: self._indices[k][self._offsets[k][i]:self._offsets[k][i + 1]] for k in ("train", "test")}
-        return ParticipantData(Shard(self.train, rows["train"]), Shard(self.test, rows["test"]))
+        if self.scheme["scheme"] not in LAZY_SCHEMES:
+            rows = {k: self._indices[k][self._offsets[k][i]:self._offsets[k][i + 1]] for k in ("train", "test")}
+            return ParticipantData(Shard(self.train, rows["train"]), Shard(self.test, rows["test"]))
+        # Lazy schemes: a pure function of (seed, participant), computed here on first use
+        # (Experiment caches nothing of it per participant: hosts keep only those they hold).
+        seed = self.meta["seed"]
+        if self.scheme["scheme"] == "sampled":
+            count = min(self.scheme["samples"], len(self.train.labels))
+            train = np.sort(np.random.default_rng([seed, 505, i]).choice(len(self.train.labels), count,
+                                                                         replace=False))
+        else:
+            train = self._indices["train"][self._offsets["train"][i]:self._offsets["train"][i + 1]]
+        test = matched_test(self.train.labels[train], self._test_by_class, self.meta["spec"]["test_per_participant"],
+                            np.random.default_rng([seed, 606, i]))
+        return ParticipantData(Shard(self.train, train), Shard(self.test, test))
 
     @property
     def global_test(self) -> Shard:

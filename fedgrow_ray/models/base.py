@@ -7,6 +7,7 @@ number of classes); a `Shape` gives what growth does change (width, depth, heads
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from dataclasses import dataclass, fields
@@ -122,12 +123,14 @@ class Family:
             torch.manual_seed(seed)
             return self.model_class(self.config(shape))
 
-    def skeleton(self, shape: Shape, checkpointing: bool = False) -> nn.Module:
+    def skeleton(self, shape: Shape, checkpointing: bool = False, device: torch.device | str = "cpu") -> nn.Module:
         """A model of `shape` whose own weights are never used: LiGO calls it with generated
-        parameters through torch.func.functional_call. One per shape (and checkpointing) per
-        process; with `checkpointing`, its layers keep only their inputs in training and are
-        recomputed, with the same generated weights, in the backward pass."""
-        return _skeleton(self, shape, checkpointing)
+        parameters through torch.func.functional_call. One per shape, checkpointing and device
+        per process. With `checkpointing`, its layers keep only their inputs in training and are
+        recomputed, with the same generated weights, in the backward pass. Its buffers (BERT's
+        non-persistent position_ids and token_type_ids) are on `device`, where the generated
+        parameters are, since functional_call takes them from the module."""
+        return _skeleton(self, shape, checkpointing, str(torch.device(device)))
 
     def roles(self, names) -> dict[str, Role]:
         """The role of each parameter name; an unmapped name is an error, never ignored."""
@@ -177,7 +180,16 @@ def _roles(family_type: type, names: tuple[str, ...]) -> dict[str, Role]:
 
 
 @functools.lru_cache(maxsize=16)
-def _skeleton(family: Family, shape: Shape, checkpointing: bool = False) -> nn.Module:
+def _skeleton(family: Family, shape: Shape, checkpointing: bool, device: str) -> nn.Module:
+    if device != "cpu":
+        # The CPU skeleton's structure with its buffers on `device`; its parameters stay on the
+        # CPU (never used by functional_call, and a target-sized copy on a GPU is memory wasted).
+        model = copy.deepcopy(_skeleton(family, shape, checkpointing, "cpu"))
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.to(device)
+        return model
     # Seeded, so that building it (the first time a process needs a shape, often in the middle
     # of a participant's training) never draws from the caller's random stream: results must
     # not depend on what else a process ran before. Never built as inference tensors (a first
