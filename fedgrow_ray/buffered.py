@@ -96,7 +96,7 @@ class BufferedRun(MethodRun):
             return
         reference = self.scenario["devices"]["reference_gflops"]
         profile = self.exp.profile(pid)
-        flops = self.method.round_flops(self.exp.small_shape(pid)[0])
+        flops = self.method.participant_round_flops(pid)
         download = self.download_bytes(pid)
         seconds = simulated_time(profile, flops, self.method.upload_bytes(self.shared), download, reference).total_s
         if pid not in self.set_up:
