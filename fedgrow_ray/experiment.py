@@ -74,6 +74,7 @@ class Experiment:
         # With several checkpoint tokenizers, one data view and one family (its vocabulary) per
         # encoding; participant 0's is encoding 0, the one above.
         self._encodings = [self.data] + [PreparedData.open(data_path, k) for k in range(1, len(self.data.encodings))]
+        self._encoding_of: dict[int, int] = {}  # only with several tokenizers (checkpoint participants)
         self._families = [self.family] + [dataclasses.replace(self.family, vocab_size=d.vocab_size)
                                           for d in self._encodings[1:]]
         model = scenario["model"]
@@ -106,7 +107,9 @@ class Experiment:
         checkpoint's tokenizer (data.tokenizer: from_checkpoint), else the only one."""
         if self.one_vocabulary or pid == CENTER:
             return 0
-        return self.data.encodings.index(tokenizer_fingerprint(self.checkpoint_path(pid)))
+        if pid not in self._encoding_of:  # read the tokenizer files once, not per cost query
+            self._encoding_of[pid] = self.data.encodings.index(tokenizer_fingerprint(self.checkpoint_path(pid)))
+        return self._encoding_of[pid]
 
     def data_of(self, pid: int) -> PreparedData:
         """The prepared data as this participant sees it: its encoding of the texts."""
