@@ -56,10 +56,13 @@ class ParticipantActor:
         return self.host.train(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected,
                                cohort)
 
-    def train_reduced(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None,
-                      expected=None):
-        return self.host.train_reduced(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s,
-                                       expected)
+    def train_held(self, method: str, round_number: int, pids: list[int], shared_ref: list, sleep_s=None,
+                   expected=None):
+        return self.host.train_held(method, round_number, pids, self._resolve(shared_ref[0]), sleep_s, expected)
+
+    def partial_sum(self, method: str, round_number: int, pids: list[int]) -> list[dict]:
+        """ParticipantHost.partial_sum, as a one-element list (the pool gathers lists)."""
+        return [{"index": self.index, **self.host.partial_sum(method, round_number, pids)}]
 
     def evaluate(self, method: str, pids: list[int], shared_ref: list, final: bool, subject=None,
                  expected=None, export=None):

@@ -113,10 +113,9 @@ class RayExecutor:
                  f"unanswered work is sent again")
         return self.down.pop(index)["waiting"]
 
-    def _gather(self, calls: list[Call], on_done=None, after_sending=None, partials: dict | None = None
-                ) -> tuple[list[dict], dict[int, str]]:
-        """Send the calls and wait for their answers (a host's reduced answer puts its partial
-        sum in `partials`, by host index). A call whose host died waits until Ray
+    def _gather(self, calls: list[Call], on_done=None, after_sending=None) -> tuple[list[dict], dict[int, str]]:
+        """Send the calls and wait for their answers (lists of per-participant dicts). A call
+        whose host died waits until Ray
         has restarted the host (probed with `info`), then is sent again, at most MAX_RETRIES
         times; calls still out at the round timeout are cancelled. What never answered is a
         failure, with the reason."""
@@ -194,10 +193,6 @@ class RayExecutor:
             except RayTaskError as err:
                 failures.update({pid: f"error on host #{call.index}: {err.cause!r}" for pid in call.pids})
                 continue
-            if partials is not None:  # train_reduced: {"results": [...], "partial": ...}
-                if answer["partial"] is not None:
-                    partials[call.index] = answer["partial"]
-                answer = answer["results"]
             results += answer
             self.used_nodes.add(self.info[call.index]["node_id"])
             if answer:
@@ -221,21 +216,57 @@ class RayExecutor:
 
     def train_reduced(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
                       expected=None):
-        """One call per host for all the participants it holds: its answer is one partial sum
-        (fedgrow_ray.reduction), so the driver receives hosts x update size."""
+        """One call per participant, as train, but each update stays on its host, screened
+        (ParticipantHost.train_held); once the round's answers are in, one partial_sum call per
+        host for the participants whose accepted answers arrived, so the driver receives hosts x
+        update size, and work written off at the timeout takes no co-hosted participant's with
+        it. A host restarted in between no longer holds some updates: their participants are
+        trained again (the same updates) and the host asked again, at most MAX_RETRIES times."""
         shared_ref = [ray.put(shared)]
-        mine: dict[int, list[int]] = {}
-        for pid in pids:
-            mine.setdefault(self.host_of(pid), []).append(pid)
-        calls = []
-        for index, held in sorted(mine.items()):
-            self.held[index].update(held)
-            told = None if expected is None else {p: expected[p] for p in held}
-            calls.append(Call(index, held, lambda a=self.actors[index], h=held, e=told:
-                              a.train_reduced.remote(method, round_number, h, shared_ref, sleep_s, e)))
+
+        def calls(some: list[int]) -> list[Call]:
+            out = []
+            for pid in some:
+                index = self.host_of(pid)
+                self.held[index].add(pid)
+                told = None if expected is None else {pid: expected[pid]}
+                out.append(Call(index, [pid], lambda a=self.actors[index], p=pid, e=told:
+                                a.train_held.remote(method, round_number, [p], shared_ref, sleep_s, e)))
+            return out
+
+        results, failures = self._gather(calls(pids), on_done,
+                                          (lambda: self._kill(kill_hosts)) if kill_hosts else None)
+        accepted: dict[int, list[int]] = {}
+        for result in results:
+            if result["outcome"] == "accepted":
+                accepted.setdefault(self.host_of(result["id"]), []).append(result["id"])
         partials: dict[int, dict] = {}
-        results, failures = self._gather(calls, on_done, (lambda: self._kill(kill_hosts)) if kill_hosts else None,
-                                         partials)
+        for _ in range(MAX_RETRIES + 1):
+            asks = [Call(index, held, lambda a=self.actors[index], h=held:
+                         a.partial_sum.remote(method, round_number, h))
+                    for index, held in sorted(accepted.items()) if index not in partials]
+            if not asks:
+                break
+            answers, lost = self._gather(asks)
+            failures.update(lost)
+            missing = []
+            for answer in answers:
+                if answer["missing"]:
+                    missing += answer["missing"]
+                elif answer["partial"] is not None:
+                    partials[answer["index"]] = answer["partial"]
+            for index in {self.host_of(pid) for pid in lost}:
+                accepted.pop(index, None)
+            if missing:
+                _, retrain_failures = self._gather(calls(missing))
+                failures.update(retrain_failures)
+                for held in accepted.values():
+                    held[:] = [pid for pid in held if pid not in retrain_failures]
+        for index, held in accepted.items():
+            if index not in partials:
+                failures.update({pid: f"host #{index} lost this round's updates more than MAX_RETRIES="
+                                      f"{MAX_RETRIES} times" for pid in held if pid not in failures})
+        results = [r for r in results if r["id"] not in failures]
         return results, [partials[index] for index in sorted(partials)], failures
 
     def _kill(self, kill_hosts) -> None:

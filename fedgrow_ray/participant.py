@@ -48,7 +48,7 @@ from .methods import Method, get_method
 from .metrics import accuracy, macro_precision
 from .privacy.attacks import MembershipAudit
 from .privacy.mechanisms import ParticipantPrivacy
-from .reduction import UpdateScreen, reduce_on_host
+from .reduction import UpdateScreen, partial_sum, screen_on_host
 from .training import Cancelled, batch_stream, derive_seed, make_optimiser, predict, train_steps
 
 # `expected` version of a participant the caller does not know (a host used on its own, as in
@@ -280,6 +280,8 @@ class ParticipantHost:
         self.privacy = ParticipantPrivacy(scenario)
         self._audit: MembershipAudit | None = None  # privacy.attack, built on first use
         self.stats = {"spilled": 0, "reloaded": 0, "restored": 0, "lost": 0}
+        # Screened, accepted updates kept for the driver's partial_sum: {(method, round): {pid: (update, samples)}}
+        self.held_updates: dict[tuple[str, int], dict[int, tuple[dict, int]]] = {}
 
     def participant(self, pid: int) -> Participant:
         return self._take(pid)[0]
@@ -415,13 +417,32 @@ class ParticipantHost:
                             **{key: self.stats[key] - before[key] for key in ("spilled", "reloaded")}})
         return results
 
-    def train_reduced(self, method_name: str, round_number: int, pids: list[int], shared: dict,
-                      sleep_s: dict[int, float] | None = None,
-                      expected: dict[int, tuple[str | None, str | None]] | None = None) -> dict:
-        """`train`, then the host's side of the reduction (fedgrow_ray.reduction.reduce_on_host):
-        the updates are screened here and leave as one weighted partial sum, in participant order."""
+    def train_held(self, method_name: str, round_number: int, pids: list[int], shared: dict,
+                   sleep_s: dict[int, float] | None = None,
+                   expected: dict[int, tuple[str | None, str | None]] | None = None) -> list[dict]:
+        """`train`, then the host's side of the reduction (fedgrow_ray.reduction): the updates
+        are screened here and the accepted ones stay on this host until the driver asks for
+        the partial sum of those it accepted (`partial_sum`). Returns the per-participant
+        metadata (no update). An earlier round's leftovers (work the driver wrote off) go."""
+        key = (method_name, round_number)
+        self.held_updates = {k: v for k, v in self.held_updates.items() if k == key}
         results = self.train(method_name, round_number, sorted(pids), shared, sleep_s, expected)
-        return reduce_on_host(results, self.screen(method_name), shared, round_number)
+        answer, accepted = screen_on_host(results, self.screen(method_name), shared, round_number)
+        self.held_updates.setdefault(key, {}).update(accepted)
+        return answer
+
+    def partial_sum(self, method_name: str, round_number: int, pids: list[int]) -> dict:
+        """The weighted partial sum of the held updates of `pids` (the ones the driver accepted
+        from this host), in participant order: {"partial": ... | None, "missing": []}; the round's
+        held updates are then dropped. Updates this process does not hold (it was restarted
+        since it trained them) are named in "missing" and nothing is dropped: the driver has them
+        trained again, which gives the same updates, and asks again."""
+        held = self.held_updates.get((method_name, round_number), {})
+        missing = [pid for pid in pids if pid not in held]
+        if missing:
+            return {"partial": None, "missing": missing}
+        self.held_updates.pop((method_name, round_number), None)
+        return {"partial": partial_sum([held[pid] for pid in sorted(pids)]), "missing": []}
 
     def screen(self, method_name: str) -> UpdateScreen:
         """What this host does to a method's updates before summing them (fedgrow_ray.reduction)."""

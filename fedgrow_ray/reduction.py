@@ -6,9 +6,12 @@ FedAvg-family method, the reduction on the host.
 Two paths share this code. Per participant: every update travels to the driver, which screens
 and aggregates them (robust aggregators, secure aggregation, DP and plugin aggregators need the
 individual updates). On the hosts (`reduces_on_hosts`): each host screens the updates of the
-participants it ran, sums the accepted ones (`aggregation.weighted_partial_sum`, in participant
-order) and sends one partial sum with per-participant metadata (samples, loss, upload bytes,
-outcome), so the driver receives hosts x update size instead of participants x update size.
+participants it ran and keeps the accepted ones; per participant only metadata (samples, loss,
+upload bytes, outcome) goes to the driver. Once the round's answers are in, the driver asks each
+host for the weighted partial sum (`aggregation.weighted_partial_sum`, in participant order) of
+the participants IT accepted, so it receives hosts x update size instead of participants x update
+size, and a participant written off at the round's wall-clock timeout takes only its own work
+with it, never the finished work of others on its host.
 """
 
 from __future__ import annotations
@@ -75,16 +78,16 @@ class UpdateScreen:
         return self.method.check(update, shared, self.scenario["server"]["max_update_norm"])
 
 
-def reduce_on_host(results: list[dict], screen: UpdateScreen, shared: dict, round_number: int) -> dict:
-    """A host's answer for the participants it ran (`results` of ParticipantHost.train, sorted
-    by id): each result without its update, plus `outcome` (accepted | rejected | lost),
-    `reason` (for rejected), `upload_bytes` and `names` (the tensor names that left it); and
-    `partial`, the weighted partial sum of the accepted updates with their dtypes (None when
-    none was accepted)."""
+def screen_on_host(results: list[dict], screen: UpdateScreen, shared: dict, round_number: int
+                   ) -> tuple[list[dict], dict[int, tuple[dict, int]]]:
+    """The host's side of one round for the participants it ran (`results` of
+    ParticipantHost.train): each result without its update, plus `outcome` (accepted | rejected |
+    lost), `reason` (for rejected), `upload_bytes` and `names` (the tensor names that left it);
+    and the accepted updates with their sample counts, by participant, for `partial_sum`."""
     results = sorted(results, key=lambda r: r["id"])
     screen.corrupt(results, round_number)
     lost = {r["id"] for r in screen.lost(results, round_number)}
-    accepted, answer = [], []
+    accepted, answer = {}, []
     for result in results:
         update = result.pop("update")
         meta = {**result, "upload_bytes": state_bytes(update), "names": sorted(update or ())}
@@ -96,11 +99,16 @@ def reduce_on_host(results: list[dict], screen: UpdateScreen, shared: dict, roun
             problem = screen.problem(update, shared)
             meta.update(outcome="rejected", reason=problem) if problem else meta.update(outcome="accepted")
             if not problem:
-                accepted.append((update, result["samples"]))
+                accepted[result["id"]] = (update, result["samples"])
         answer.append(meta)
-    partial = None
-    if accepted:
-        sums, total = weighted_partial_sum(accepted)
-        partial = {"sums": sums, "samples": total,
-                   "dtypes": {name: tensor.dtype for name, tensor in accepted[0][0].items()}}
-    return {"results": answer, "partial": partial}
+    return answer, accepted
+
+
+def partial_sum(accepted: list[tuple[dict, int]]) -> dict | None:
+    """The weighted partial sum of some accepted (update, samples), with their dtypes; None for
+    none."""
+    if not accepted:
+        return None
+    sums, total = weighted_partial_sum(accepted)
+    return {"sums": sums, "samples": total,
+            "dtypes": {name: tensor.dtype for name, tensor in accepted[0][0].items()}}

@@ -34,7 +34,7 @@ from .metrics import majority_accuracy, state_bytes
 from .participant import ParticipantHost, state_location
 from .privacy.attacks import KEYS as MEMBERSHIP_KEYS
 from .privacy.mechanisms import ServerPrivacy, active as privacy_active
-from .reduction import UpdateScreen, reduce_on_host, reduces_on_hosts
+from .reduction import UpdateScreen, reduces_on_hosts
 
 
 class StateVersions:
@@ -78,7 +78,9 @@ class Executor(Protocol):
                       kill_hosts: list[int], expected: dict | None
                       ) -> tuple[list[dict], list[dict], dict[int, str]]:
         """`train` with the updates reduced on the hosts (fedgrow_ray.reduction): per-participant
-        metadata, one partial sum per host that accepted any update (in host order), failures."""
+        metadata, one partial sum per host that accepted any update (in host order), failures.
+        A partial sum holds exactly the accepted participants whose answers arrived: one written
+        off (failed) never takes a co-hosted participant's work with it."""
 
     def evaluate(self, method: str, pids: list[int], shared: dict | None, final: bool,
                  subject: int | None = None, expected: dict | None = None, export: dict | None = None
@@ -119,18 +121,22 @@ class LocalExecutor:
 
     def train_reduced(self, method, round_number, pids, shared, sleep_s=None, on_done=None, kill_hosts=(),
                       expected=None):
-        if kill_hosts:  # as in train: the host dies after the first participant's work
-            mine = lambda some: None if expected is None else {p: expected[p] for p in some}  # noqa: E731
-            results = self.host.train(method, round_number, pids[:1], shared, sleep_s, mine(pids[:1]))
-            self.host = ParticipantHost(*self._host_args)
-            self.restarts += 1
-            results += self.host.train(method, round_number, pids[1:], shared, sleep_s, mine(pids[1:]))
-            answer = reduce_on_host(results, self.host.screen(method), shared, round_number)
-        else:
-            answer = self.host.train_reduced(method, round_number, pids, shared, sleep_s, expected)
-        if on_done:
-            on_done(len(answer["results"]))
-        return answer["results"], [answer["partial"]] if answer["partial"] else [], {}
+        mine = lambda some: None if expected is None else {p: expected[p] for p in some}  # noqa: E731
+        results = []
+        for position, pid in enumerate(pids):
+            if kill_hosts and position == min(1, len(pids) - 1):
+                # As in train; the updates the dead host held are trained again below.
+                self.host = ParticipantHost(*self._host_args)
+                self.restarts += 1
+            results += self.host.train_held(method, round_number, [pid], shared, sleep_s, mine([pid]))
+            if on_done:
+                on_done(len(results))
+        accepted = [r["id"] for r in results if r["outcome"] == "accepted"]
+        answer = self.host.partial_sum(method, round_number, accepted)
+        if answer["missing"]:
+            self.host.train_held(method, round_number, answer["missing"], shared, sleep_s, mine(answer["missing"]))
+            answer = self.host.partial_sum(method, round_number, accepted)
+        return results, [answer["partial"]] if answer["partial"] else [], {}
 
     def evaluate(self, method, pids, shared, final, subject=None, expected=None, export=None):
         return self.host.evaluate(method, pids, shared, final, subject, expected, export), {}

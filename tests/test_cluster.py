@@ -57,7 +57,10 @@ class TwoNodeCluster:
     def __init__(self):
         # Short: Ray puts Unix sockets under it (the path limit is ~107 bytes).
         self.root = Path(tempfile.mkdtemp(prefix="fgray-", dir="/tmp"))
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        # Not RAY_ADDRESS (another Ray), nor the loopback switch the in-process Ray fixtures set
+        # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes `ray start --address` refuse to join).
+        leaked = {"RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        self.env = {k: v for k, v in os.environ.items() if k not in leaked}
         self.env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
                         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.sessions: list[int] = []    # session ids (= pid of each `ray start`)

@@ -48,20 +48,28 @@ def test_which_methods_reduce_on_hosts(cache):
 
 
 def test_a_host_answer_holds_one_partial_sum_and_no_update(cache):
-    """Guards against a reduced answer that still carries per-participant updates, or sums a
-    rejected update."""
+    """Guards against a host answer that still carries per-participant updates, a partial sum
+    of a rejected update, or of a participant the driver did not accept (written off at the
+    timeout while another on its host finished)."""
     scenario = tiny("faults.bad_update=[{participant: 1, round: 1, kind: inf}]")
     data = str(prepare_scenario_data(scenario, cache))
     host = ParticipantHost(scenario, data)
     shared = host.method("fedgrow").initial_shared()
-    answer = host.train_reduced("fedgrow", 1, [2, 0, 1], shared)
-    assert [r["id"] for r in answer["results"]] == [0, 1, 2]
-    assert all("update" not in r for r in answer["results"])
-    assert [r["outcome"] for r in answer["results"]] == ["accepted", "rejected", "accepted"]
-    assert "non-finite" in answer["results"][1]["reason"]
-    samples = [r["samples"] for r in answer["results"]]
-    assert answer["partial"]["samples"] == samples[0] + samples[2]
+    results = host.train_held("fedgrow", 1, [2, 0, 1], shared)
+    assert [r["id"] for r in results] == [0, 1, 2]
+    assert all("update" not in r for r in results)
+    assert [r["outcome"] for r in results] == ["accepted", "rejected", "accepted"]
+    assert "non-finite" in results[1]["reason"]
+    samples = [r["samples"] for r in results]
+    answer = host.partial_sum("fedgrow", 1, [0])  # participant 2's answer never reached the driver
+    assert answer["missing"] == [] and answer["partial"]["samples"] == samples[0]
     assert set(answer["partial"]["sums"]) == set(shared)
+    assert host.held_updates == {}  # the round's updates are dropped once summed
+    again = ParticipantHost(scenario, data)  # a restarted host: it holds nothing yet
+    assert again.partial_sum("fedgrow", 1, [0, 2]) == {"partial": None, "missing": [0, 2]}
+    again.train_held("fedgrow", 1, [0, 2], shared)
+    both = again.partial_sum("fedgrow", 1, [0, 2])
+    assert both["partial"]["samples"] == samples[0] + samples[2]
 
 
 def test_reduced_and_per_participant_runs_are_identical_in_process(cache):
