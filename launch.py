@@ -441,8 +441,9 @@ def _run(args, progress, scenario: dict | None) -> dict:
 
             cause = record_failure(folder, err)
             if driver_died(err):
-                raise LaunchError(f"{cause}; the run folder keeps its last checkpoint: "
-                                  f"python launch.py --resume {folder.path}", 1) from None
+                kept = ("the run folder keeps its last checkpoint" if (folder.path / "checkpoint.pt").is_file()
+                        else "no checkpoint was written yet, so a resume starts the run again")
+                raise LaunchError(f"{cause}; {kept}: python launch.py --resume {folder.path}", 1) from None
             raise LaunchError(f"run failed: {err}\n(see {folder.path / 'events.log'}; resume with "
                               f"python launch.py --resume {folder.path})", 1) from None
     finally:

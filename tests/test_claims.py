@@ -115,3 +115,27 @@ def test_a_missing_sweep_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([f"text={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "sweep.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_in_which_participants_failed_are_named(tmp_path):
+    """Guards against a table whose runs lost participants to faults (a round timeout under load,
+    say) reading as the clean setting: the count comes from the run's events.log, and both the
+    README section and sweep.md name the run."""
+    from fedgrow_ray.sweeps.plan import participant_failures
+    from fedgrow_ray.sweeps.report import sweep_markdown
+
+    folder = tmp_path / "paper" / "seed-1"
+    folder.mkdir(parents=True)
+    assert participant_failures(folder) == 0  # no log yet
+    (folder / "events.log").write_text(
+        "10:00:00 fedgrow round 1: participant 2 failed: no answer within hosts.round_timeout_s=600 s\n"
+        "10:00:01 centralized evaluation: participant 0 failed: no answer within hosts.round_timeout_s=600 s\n"
+        "10:00:02 fedgrow round 2: 10 participants, participant 3 was late\n")
+    assert participant_failures(folder) == 2
+    document = _document()
+    clean = results_section({"toy": document})
+    assert "participants failed" not in clean and "participants failed" not in sweep_markdown(document)
+    document["runs"][0]["participant_failures"] = participant_failures(folder)
+    flagged = results_section({"toy": document})
+    assert "In 1 of these runs participants failed (paper/seed-0: 2;" in flagged
+    assert "paper/seed-0 (2)" in sweep_markdown(document)

@@ -332,6 +332,7 @@ def test_a_half_written_last_row_is_dropped_on_resume(cache, tmp_path):
 
 
 # ---- with Ray: placement, and the message when the driver dies -------------------------------
+@pytest.mark.slow  # about 1 minute: two placements
 def test_placement_sets_the_actor_strategy_and_not_the_results(ray_session, cache, tmp_path):
     """Guards against hosts.placement being ignored (it is the strategy of the hosts' placement
     group: spread -> SPREAD, pack -> PACK, one bundle per host), or changing results on one node."""
@@ -374,6 +375,9 @@ def test_when_the_driver_dies_launch_says_how_to_resume(ray_session, cache, tmp_
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_rows(out / "metrics.jsonl", 1)
+        end = time.monotonic() + 120  # the round's checkpoint is written after its row
+        while not (out / "checkpoint.pt").is_file() and time.monotonic() < end:
+            time.sleep(0.1)
         ray_session.kill(driver_of_the_other_process())
         _, err = running.communicate(timeout=300)
     finally:

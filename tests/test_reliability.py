@@ -66,6 +66,7 @@ def run_in_thread(ray, scenario, cache, folder, resume=False):
     return thread, outcome
 
 
+@pytest.mark.slow  # about 1.5 minutes: a run, a killed driver, a resume
 def test_resume_after_the_driver_dies_is_exact(ray_session, cache, tmp_path):
     scenario = tiny("rounds=4", "methods=[fedgrow, local_small]")
     reference, reference_rows, _ = simulate(ray_session, scenario, cache, tmp_path / "whole")
@@ -146,6 +147,7 @@ def test_a_killed_participant_actor_is_restarted_and_its_participants_return(ray
         assert f"fedgrow round 2: participant {pid} restored from its stored state" in log
 
 
+@pytest.mark.slow  # about 45 s
 def test_ray_kill_of_a_participant_actor_from_outside(ray_session, cache, tmp_path):
     """ray.kill of a host from outside the run, while it works: the run completes and equals the
     fault-free run. Checked by breaking it on purpose: with a restarted host starting its

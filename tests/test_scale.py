@@ -83,6 +83,7 @@ def test_spilling_does_not_change_results(tmp_path, cache):
         assert {k: v for k, v in x.items() if k not in MEASURED} == {k: v for k, v in y.items() if k not in MEASURED}
 
 
+@pytest.mark.slow  # about 1 minute: the same run on 1 and 3 actors
 def test_actor_count_does_not_change_results(ray_session, cache, tmp_path):
     """Guards against results that depend on how many actors host the participants."""
     hashes, rows = [], []
@@ -94,6 +95,7 @@ def test_actor_count_does_not_change_results(ray_session, cache, tmp_path):
     assert hashes[0] == hashes[1] and rows[0] == rows[1]
 
 
+@pytest.mark.slow  # about 1.5 minutes: the stress scenario
 def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_session, cache, tmp_path):
     """scenarios/stress.yaml as shipped (1,000 participants, stragglers on), fewer rounds. Guards
     against hosts that keep spilled participants in memory (the old bound, +150 MiB, let ~150

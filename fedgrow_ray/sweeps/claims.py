@@ -202,13 +202,23 @@ def _values(doc: dict, setting: str) -> str:
                      for k, v in values.items() if k != "methods")
 
 
+def _faults(doc: dict) -> str:
+    """A sentence naming the runs in which participants failed (none: empty)."""
+    faulty = [r for r in doc["runs"] if r.get("status") == "completed" and r.get("participant_failures")]
+    if not faulty:
+        return ""
+    return (f" In {len(faulty)} of these runs participants failed ("
+            + ", ".join(f"{r['path']}: {r['participant_failures']}" for r in faulty)
+            + "; see their events.log): their figures are of runs with faults.")
+
+
 def dataset_section(label: str, doc: dict) -> list[str]:
     seeds = doc["seeds"]
     commit = (doc.get("commit") or "unknown")[:12] + (" (with uncommitted changes)" if doc.get("dirty") else "")
     lines = [f"### {label}", "",
              f"{_describe(doc)}. {len(seeds)} seeds ({', '.join(map(str, seeds))}). Made by `{doc['command']}` "
              f"at commit {commit}; {sum(r.get('status') == 'completed' for r in doc['runs'])} runs, "
-             f"{_wall(doc)} on this project's 2-CPU machine.", "",
+             f"{_wall(doc)} on this project's 2-CPU machine." + _faults(doc), "",
              "**The paper's protocol, every method, the same rounds:**", ""]
     lines += _setting_table(doc, PAPER) + [""]
     if any(r["setting"] != PAPER and not r["setting"].startswith("equal-") for r in doc["results"]):

@@ -38,6 +38,16 @@ SWEEP_FILE = "sweep.json"
 TUNE_DIR = ".tune"
 
 
+def participant_failures(folder: Path) -> int:
+    """How many times a participant's work failed in a run (its events.log: an injected fault,
+    a host that died for good, or no answer within hosts.round_timeout_s). A run with failures
+    is a run with faults, not the clean setting its config names; reports say so."""
+    log = folder / "events.log"
+    if not log.is_file():
+        return 0
+    return len(re.findall(r": participant \d+ failed: ", log.read_text(errors="replace")))
+
+
 class SweepError(ValueError):
     """A sweep folder cannot take this sweep; the message says why in one line."""
 
@@ -245,6 +255,7 @@ class SweepFolder:
                     run.info["error"] = status["error"]
                 else:
                     run.info.pop("error", None)
+                run.info["participant_failures"] = participant_failures(folder)
 
     def record(self, plan: SweepPlan, about: dict, statistics: dict | None = None) -> dict:
         """Write sweep.json: how it was made, the plan, each run's status and the statistics."""

@@ -117,6 +117,12 @@ def sweep_markdown(document: dict) -> str:
         "over participants scored in both of (first - second), then mean and 95% t-interval over seeds "
         "(the spread: per seed, the difference of the two standard deviations; negative = less spread); "
         "ahead: seeds with a positive accuracy difference.")
+    faulty = [r for r in document["runs"] if r.get("status") == "completed" and r.get("participant_failures")]
+    if faulty:
+        lines += ["", "Runs in these tables in which participants failed (injected faults, a host lost "
+                  "for good, or no answer within hosts.round_timeout_s; each run's events.log says which): "
+                  + "; ".join(f"{r['path']} ({r['participant_failures']})" for r in faulty)
+                  + ". Their figures are of a run with faults."]
     failed = [r for r in document["runs"] if r.get("status") != "completed"]
     if failed:
         lines += ["", "Runs not in these tables: " + "; ".join(
