@@ -244,7 +244,7 @@ class RayExecutor:
         for _ in range(MAX_RETRIES + 1):
             asks = [Call(index, held, lambda a=self.actors[index], h=held:
                          a.partial_sum.remote(method, round_number, h))
-                    for index, held in sorted(accepted.items()) if index not in partials]
+                    for index, held in sorted(accepted.items()) if held and index not in partials]
             if not asks:
                 break
             answers, lost = self._gather(asks)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from ..outputs import atomic_write
-from .report import FLOP_UNITS, MIB, PLAIN, _difference, _interval, _scaled
+from .report import FLOP_UNITS, MIB, PLAIN, _difference, _interval, _scaled, faulty_runs
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 PAPER = "paper"
@@ -204,7 +204,7 @@ def _values(doc: dict, setting: str) -> str:
 
 def _faults(doc: dict) -> str:
     """A sentence naming the runs in which participants failed (none: empty)."""
-    faulty = [r for r in doc["runs"] if r.get("status") == "completed" and r.get("participant_failures")]
+    faulty = faulty_runs(doc)
     if not faulty:
         return ""
     return (f" In {len(faulty)} of these runs participants failed ("

@@ -59,6 +59,11 @@ def _difference(entry: dict | None) -> str:
     return f"{_signed(entry['diff_mean'])} {_paired_interval(entry['diff_ci95'])}"
 
 
+def faulty_runs(document: dict) -> list[dict]:
+    """The completed runs of a sweep in which participants failed (sweep.json runs[].participant_failures)."""
+    return [r for r in document["runs"] if r.get("status") == "completed" and r.get("participant_failures")]
+
+
 def sweep_markdown(document: dict) -> str:
     """sweep.md from sweep.json's content."""
     seeds = document["seeds"]
@@ -117,7 +122,7 @@ def sweep_markdown(document: dict) -> str:
         "over participants scored in both of (first - second), then mean and 95% t-interval over seeds "
         "(the spread: per seed, the difference of the two standard deviations; negative = less spread); "
         "ahead: seeds with a positive accuracy difference.")
-    faulty = [r for r in document["runs"] if r.get("status") == "completed" and r.get("participant_failures")]
+    faulty = faulty_runs(document)
     if faulty:
         lines += ["", "Runs in these tables in which participants failed (injected faults, a host lost "
                   "for good, or no answer within hosts.round_timeout_s; each run's events.log says which): "
