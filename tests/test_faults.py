@@ -296,7 +296,7 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
     fresh host's first step drew from the dropout stream), fedgrow round 3's train_loss differs
     after the resume and so does the hash."""
     rng = random.Random(2026)
-    spec = yaml.safe_load(yaml.safe_dump(scenario("rounds=3", "methods=[fedgrow, local_small]")))
+    spec = yaml.safe_load(yaml.safe_dump(scenario("rounds=3", "methods=[fedgrow, independent_growth, local_small]")))
     scenario_file = tmp_path / "scenario.yaml"
     scenario_file.write_text(yaml.safe_dump(spec))
     hooks = tmp_path / "hooks"
@@ -332,11 +332,15 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
     run = resume(f"participant:{rng.randint(1, 8)}")
     run.wait_for(paused.exists, "the paused participant write")
     run.kill()
-    # 4. At a random moment after the next round ends.
+    # 4. At a random moment after the next round ends: within the next second, while at least
+    #    independent_growth's three rounds and local_small's are still to run (several seconds
+    #    here), so the kill always lands in a live run (CI once saw [fedgrow, local_small] finish
+    #    inside the 2 s this step used to sleep, leaving nothing to resume).
     rows = _rows(out)
     run = resume()
     run.wait_for(lambda: _rows(out) > rows, "a round's row")
-    time.sleep(rng.uniform(0.0, 2.0))
+    time.sleep(rng.uniform(0.0, 1.0))
+    assert run.proc.poll() is None, "the run ended before step 4's kill; it would test nothing"
     run.kill()
     # 5. To the end.
     run = resume()
