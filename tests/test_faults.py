@@ -162,7 +162,9 @@ def test_timed_out_work_is_cancelled_and_rolled_back(ray_session, cache, tmp_pat
 # FEDGROW_TEST_PAUSE=checkpoint:K the K-th driver checkpoint of the process stops after its
 # temporary file is written and before it is renamed into place; with participant:K, a host's
 # K-th participant-state write stops before its temporary file is moved into place. The paused
-# process writes FEDGROW_TEST_PAUSED and waits to be killed. Nothing else changes.
+# process writes FEDGROW_TEST_PAUSED and waits to be killed. With slow:S every driver checkpoint
+# waits S seconds before its rename (a run that lasts long enough to be killed at a random moment).
+# Nothing else changes.
 PAUSE_HOOK = '''
 import importlib.abc, importlib.machinery, os, sys, time
 
@@ -177,17 +179,20 @@ def _pause():
 
 
 class _Os:
-    def __init__(self, count):
-        self.count, self.seen = count, 0
+    def __init__(self, kind, count):
+        self.kind, self.count, self.seen = kind, count, 0
 
     def __getattr__(self, name):
         return getattr(os, name)
 
     def replace(self, src, dst):
         if str(dst).endswith("checkpoint.pt"):
-            self.seen += 1
-            if self.seen == self.count:
-                _pause()
+            if self.kind == "slow":  # every checkpoint's rename waits `count` seconds
+                time.sleep(self.count)
+            else:
+                self.seen += 1
+                if self.seen == self.count:
+                    _pause()
         return os.replace(src, dst)
 
 
@@ -203,8 +208,8 @@ class _PausingFs:
 
 
 def _patch(module, kind, count):
-    if kind == "checkpoint" and module.__name__ == "fedgrow_ray.outputs":
-        module.os = _Os(count)
+    if kind in ("checkpoint", "slow") and module.__name__ == "fedgrow_ray.outputs":
+        module.os = _Os(kind, count)
     if kind == "participant" and module.__name__ == "fedgrow_ray.participant":
         write, seen = module.StateStore.write, [0]
 
@@ -226,7 +231,7 @@ class _Finder(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run(module)
-            _patch(module, kind, int(count))
+            _patch(module, kind, float(count))
         spec.loader.exec_module = exec_module
         return spec
 
@@ -317,8 +322,10 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
         return Launched(["--resume", str(out), "--cache", cache],
                         {**env, "FEDGROW_TEST_PAUSE": pause or "", "FEDGROW_TEST_PAUSED": str(paused)}, log)
 
-    # 1. During round 1: the hosts are up and setting participants up; no checkpoint yet.
-    run = Launched([str(scenario_file), "--out", str(out), "--cache", cache], env, log)
+    # 1. During round 1: the hosts are up and setting participants up; no checkpoint yet (the
+    #    first one waits 2 s before its rename, so that a fast machine cannot have written it).
+    run = Launched([str(scenario_file), "--out", str(out), "--cache", cache],
+                   {**env, "FEDGROW_TEST_PAUSE": "slow:2"}, log)
     run.wait_for(lambda: (out / "events.log").exists() and "participant hosts started" in (out / "events.log").read_text(),
                  "participant hosts")
     time.sleep(rng.uniform(0.0, 1.0))
@@ -333,11 +340,11 @@ def test_hard_kill_of_launch_then_resume_is_exact(cache, tmp_path):
     run.wait_for(paused.exists, "the paused participant write")
     run.kill()
     # 4. At a random moment after the next round ends: within the next second, while at least
-    #    independent_growth's three rounds and local_small's are still to run (several seconds
-    #    here), so the kill always lands in a live run (CI once saw [fedgrow, local_small] finish
-    #    inside the 2 s this step used to sleep, leaving nothing to resume).
+    #    six more rounds, each ending in a checkpoint slowed to 0.5 s, are still to run, so the
+    #    kill always lands in a live run (this tiny run's rounds take 0.1-0.7 s: CI once saw
+    #    [fedgrow, local_small] finish inside the 2 s this step used to sleep).
     rows = _rows(out)
-    run = resume()
+    run = resume("slow:0.5")
     run.wait_for(lambda: _rows(out) > rows, "a round's row")
     time.sleep(rng.uniform(0.0, 1.0))
     assert run.proc.poll() is None, "the run ended before step 4's kill; it would test nothing"
