@@ -31,12 +31,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file, read_yaml, resolve_scenario
-from fedgrow_ray.data import DatasetUnavailable
-from fedgrow_ray.experiment import DEFAULT_CACHE, Experiment, prepare_scenario_data
-from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
-from fedgrow_ray.sweeps import SWEEP_FILE, SweepError, SweepFolder, SweepPlan
+# The library (torch, transformers: seconds to import on a small machine) is imported where it is
+# used, not here, so that the command line can start Ray while it imports (main).
+LIBRARY = ("fedgrow_ray.config", "fedgrow_ray.data", "fedgrow_ray.experiment", "fedgrow_ray.outputs",
+           "fedgrow_ray.sweeps", "actors.driver", "actors.placement", "actors.sweep")
+DEFAULT_CACHE = "~/.cache/fedgrow_ray/data"  # fedgrow_ray.experiment.DEFAULT_CACHE, as text
 
 ROOT = Path(__file__).resolve().parent
 
@@ -144,7 +143,7 @@ def parse_args(argv):
     parser.add_argument("--address", help="join an existing Ray cluster: auto or HOST:PORT")
     parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="ray (default) or local: every participant in this process, no Ray")
-    parser.add_argument("--cache", default=str(DEFAULT_CACHE),
+    parser.add_argument("--cache", default=DEFAULT_CACHE,
                         help=f"where prepared data is kept (default: {DEFAULT_CACHE})")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a stopped run from its last checkpoint, or a sweep")
@@ -164,7 +163,7 @@ def run_with_ray(ray, scenario, cache, folder, progress, resume: bool = False) -
             progress.message(text)
 
     # The driver on this node, so it writes the run folder launch.py shows.
-    return run_on_ray(scenario, cache, str(folder.path.resolve()), resume, ClusterPlacement.here(),
+    return run_on_ray(scenario, cache, folder, resume, ClusterPlacement.here(),
                       progress.update, message)
 
 
@@ -182,6 +181,8 @@ def run_locally(scenario, data_path, folder, progress, resume: bool = False) -> 
 
 def pick_variants(variants: dict, names: str | None) -> dict:
     """The scenario's named variants, or only those --variants names (in the scenario's order)."""
+    from fedgrow_ray.config import ScenarioError
+
     if not names:
         return variants
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -194,6 +195,8 @@ def pick_variants(variants: dict, names: str | None) -> dict:
 
 
 def parse_seeds(text: str) -> list[int]:
+    from fedgrow_ray.config import ScenarioError
+
     try:
         count = int(text)
     except ValueError:
@@ -205,6 +208,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_grid(items: list[str]) -> dict:
     """--grid KEY=V1,V2 ... -> {KEY: [V1, V2]}, each value read as YAML like --set's."""
+    from fedgrow_ray.config import ScenarioError, read_yaml
+
     grid = {}
     for item in items:
         key, _, values = item.partition("=")
@@ -262,6 +267,9 @@ def run(scenario: str | Path | dict | None = None, *, overrides=(), out=None, ad
     interrupted) after saying so on `progress` (stderr by default). A Ray this process is
     already connected to (ray.init in a notebook) is used as it is; otherwise a local one is
     started and stopped, or the cluster at `address` joined."""
+    from fedgrow_ray.config import ScenarioError, load_sweep, read_scenario_file
+    from fedgrow_ray.sweeps import SWEEP_FILE
+
     progress = progress or Progress()
     if executor not in ("ray", "local"):
         raise _bad_input(f"executor {executor!r} is not allowed; allowed: ray, local")
@@ -303,6 +311,11 @@ def _python_call(scenario, args) -> str:
 def _sweep(args, command: str, progress, scenario=None, section=None) -> dict:
     """A sweep: plan and check everything (bad input: nothing written), then run the runs left
     as Tune trials and write the statistics. Returns sweep.json's document."""
+    from fedgrow_ray.config import ScenarioError, resolve_scenario
+    from fedgrow_ray.data import DatasetUnavailable
+    from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+    from fedgrow_ray.sweeps import SweepError, SweepFolder, SweepPlan
+
     try:
         if args.executor == "local":
             raise ScenarioError("--executor local runs one run in this process; a sweep runs on Ray")
@@ -375,6 +388,10 @@ def prepare(args, progress, scenario: dict | None = None):
     scenario asks for. Returns (scenario, data path, ray or None, whether Ray was started here,
     run folder: the RunFolder to resume or the path of the one to create, and the checkpoint to
     resume from or None). Bad input raises; nothing has been written then."""
+    from fedgrow_ray.config import resolve_scenario
+    from fedgrow_ray.experiment import Experiment, prepare_scenario_data
+    from fedgrow_ray.outputs import RunFolder
+
     checkpoint = None
     if args.resume:
         folder, raw, checkpoint = RunFolder.open_for_resume(args.resume)
@@ -415,6 +432,10 @@ def prepare(args, progress, scenario: dict | None = None):
 
 def _run(args, progress, scenario: dict | None) -> dict:
     """One run (or the resume of one) into its run folder; returns the summary."""
+    from fedgrow_ray.config import ScenarioError
+    from fedgrow_ray.data import DatasetUnavailable
+    from fedgrow_ray.outputs import ResumeError, RunFolder, results_table
+
     ray, started = None, False
     try:
         try:
@@ -460,6 +481,15 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     progress = Progress()
+    ray, started = None, False
+    if args.executor == "ray" and not args.address:
+        # A local Ray starts (seconds of its own processes) while another thread imports the
+        # library (seconds of torch and transformers), instead of after it; `run` finds it
+        # started. Bad input still ends in one line, only later by the difference.
+        from actors import cluster
+
+        progress.status("starting Ray ...")
+        ray, started = cluster.start_while_importing(LIBRARY, ROOT)
     try:
         run(args.scenario, overrides=args.set, out=args.out, address=args.address, executor=args.executor,
             cache=args.cache, resume=args.resume, seeds=args.seeds, grid=args.grid, variants=args.variants,
@@ -467,6 +497,9 @@ def main(argv=None) -> int:
     except LaunchError as err:
         progress.message(str(err))
         return err.status
+    finally:
+        if started:
+            ray.shutdown()
     return 0
 
 

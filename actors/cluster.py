@@ -24,6 +24,12 @@ class ClusterError(ValueError):
     """No usable Ray cluster, or the scenario does not fit it; the message is one line."""
 
 
+def _on_loopback() -> None:
+    """Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address; it
+    reads this when it is first imported)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def start_or_join(address: str | None, working_dir: Path):
     """A local Ray on 127.0.0.1 (address None), or the cluster at `address` (auto or
     HOST:PORT, checked first with `probe`), which gets `working_dir` as its runtime_env unless
@@ -32,9 +38,7 @@ def start_or_join(address: str | None, working_dir: Path):
     the caller shuts it down); raises ClusterError in one line when no cluster answers (or
     exits with status 2 when joining hangs)."""
     if not address:
-        # Keep a local Ray on the loopback interface (Ray otherwise binds the machine's address;
-        # it reads this when it is first imported).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        _on_loopback()
     import json
 
     import ray
@@ -71,6 +75,32 @@ def start_or_join(address: str | None, working_dir: Path):
     finally:
         joined.set()
     return ray, True
+
+
+def start_while_importing(modules, working_dir: Path):
+    """start_or_join(None, working_dir), on this thread (Ray sets its signal handlers on the
+    main thread only), while a second thread imports `modules`: on 2 CPUs each takes seconds,
+    mostly in other processes (Ray's) or in one core's Python (the imports), so side by side
+    they take little more than the longer. An import that fails there fails again, with its
+    traceback, where the code imports it. Returns what start_or_join returns."""
+    import importlib
+
+    _on_loopback()
+    import ray  # first, here: the threads then never import the same module at once
+
+    def load():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - raised again by the import that needs it
+                pass
+
+    loader = threading.Thread(target=load, name="fedgrow-imports", daemon=True)
+    loader.start()
+    try:
+        return start_or_join(None, working_dir)
+    finally:
+        loader.join()
 
 
 def probe(address: str) -> None:

@@ -16,17 +16,21 @@ import ray
 
 from fedgrow_ray.experiment import prepare_scenario_data
 from fedgrow_ray.outputs import RunFolder
+from fedgrow_ray.participant import state_location
 from fedgrow_ray.rounds import run_in_folder
 
-from .pool import RayExecutor
+from .pool import RayExecutor, start_hosts
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class DriverActor:
-    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, resume: bool, run_id: str, placement):
-        self.scenario, self.cache_dir, self.resume, self.run_id = scenario, cache_dir, resume, run_id
-        self.placement = placement
+    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, state_id: str, resume: bool, hosts: list,
+                 location: str):
+        """`hosts`: the participant hosts run_on_ray started for this run, their participant
+        state at `location` (the run folder's, whose state id is `state_id`)."""
+        self.scenario, self.cache_dir, self.resume, self.hosts, self.location = scenario, cache_dir, resume, hosts, location
         self.folder = RunFolder(run_dir)
+        self.folder.state_id = state_id  # a resume reads the same one from the checkpoint
         self._lock = threading.Lock()
         self._event: dict = {}
         self._events: list[dict] = []    # round ends since the last poll
@@ -51,28 +55,37 @@ class DriverActor:
             self._events, self._messages = [], []
             return events, messages
 
+    def _executor(self, location: str) -> RayExecutor:
+        if location != self.location:  # the hosts were started for another run's state
+            raise RuntimeError(f"the participant hosts keep state at {self.location}, but this run's "
+                               f"checkpoint names {location}")
+        return RayExecutor(self.scenario, self.hosts, self._log)
+
     def run(self) -> dict:
         try:
             data_path = prepare_scenario_data(self.scenario, self.cache_dir)
-            return run_in_folder(
-                self.scenario, data_path, self.folder,
-                lambda location: RayExecutor(self.scenario, self.cache_dir, location, self._log, self.run_id,
-                                             self.placement),
-                self._log, self._progress, self.resume)
+            return run_in_folder(self.scenario, data_path, self.folder, self._executor, self._log, self._progress,
+                                 self.resume)
         except Exception as err:
             self.folder.fail(f"{type(err).__name__}: {err}")
             self._log(traceback.format_exc())
             raise
 
 
-def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, placement,
+def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, placement,
                on_event=None, on_message=None) -> dict:
-    """Run one experiment into `run_dir` (created, or to resume) on a DriverActor placed by
-    `placement`; progress events and notices go to the callbacks as they come. Returns the
-    summary; raises what the driver raised (the run folder already says `failed`)."""
+    """Run one experiment into `folder` (created, or opened to resume: its state id is the
+    checkpoint's) on a DriverActor placed by `placement`; progress events and notices go to the
+    callbacks as they come. Returns the summary; raises what the driver raised (the run folder
+    already says `failed`).
+
+    The hosts' reservation is made and removed here, so that it goes even if the driver dies;
+    the hosts are started here too, beside the driver, so that their processes start and
+    import beside the driver's instead of after it (seconds of a short run's start-up). This
+    process owns them: they end with the reservation, or with it."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
-    # The hosts' reservation is made and removed here, so that it goes even if the driver dies.
-    folder = RunFolder(run_dir)
+    run_dir = str(folder.path.resolve())
+    location = state_location(scenario["hosts"]["state_uri"], run_dir, folder.state_id)
 
     def note(message: str) -> None:  # in events.log, as the driver's notices are
         folder.log(message)
@@ -81,8 +94,9 @@ def run_on_ray(scenario: dict, cache_dir: str, run_dir: str, resume: bool, place
 
     placement.reserve(scenario, note)
     try:
+        hosts = start_hosts(scenario, cache_dir, location, run_id, placement, note)
         driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
-            scenario, cache_dir, run_dir, resume, run_id, placement)
+            scenario, cache_dir, run_dir, folder.state_id, resume, hosts, location)
         done = driver.run.remote()
         while True:
             ready, _ = ray.wait([done], timeout=0.5)

@@ -39,23 +39,30 @@ class Call:
     attempt: int = 0
 
 
+def start_hosts(scenario: dict, cache_dir: str, state_location: str, run_id: str, placement, log) -> list:
+    """Create the run's participant hosts where `placement` puts them, without waiting: their
+    processes start, import and find the prepared data while the driver actor starts beside them
+    (run_on_ray), instead of after it. Returns the actor handles, host i first."""
+    return [ParticipantActor.options(name=f"fedgrow-host-{run_id}-{i}", **options).remote(
+                scenario, cache_dir, state_location, i, options["num_gpus"] > 0)
+            for i, options in enumerate(placement.hosts(scenario, log))]
+
+
 class RayExecutor:
-    def __init__(self, scenario: dict, cache_dir: str, state_location: str, log, run_id: str, placement,
-                 start_timeout_s: float = 300.0):
-        self.scenario, self.log = scenario, log
+    def __init__(self, scenario: dict, actors: list, log, start_timeout_s: float = 300.0):
+        """`actors`: the run's participant hosts (start_hosts), possibly still starting."""
+        self.scenario, self.log, self.actors = scenario, log, actors
         self.timeout_s = scenario["hosts"]["round_timeout_s"]
-        hosts = placement.hosts(scenario, log)
-        size = len(hosts)
-        self.actors = [ParticipantActor.options(name=f"fedgrow-host-{run_id}-{i}", **options).remote(
-                           scenario, cache_dir, state_location, i, options["num_gpus"] > 0)
-                       for i, options in enumerate(hosts)]
+        size = len(actors)
         try:
             self.info = ray.get([a.info.remote() for a in self.actors], timeout=start_timeout_s)
         except GetTimeoutError:
+            hosts = scenario["hosts"]
             raise RuntimeError(
-                f"could not start {size} participant hosts ({hosts[0]}) within {start_timeout_s:.0f} s; "
-                f"the cluster offers {ray.cluster_resources()}. Lower hosts.actors, hosts.num_cpus or "
-                f"hosts.memory_mb.") from None
+                f"could not start {size} participant hosts (hosts.num_cpus={hosts['num_cpus']:g}, "
+                f"hosts.num_gpus={hosts['num_gpus']:g}, hosts.memory_mb={hosts['memory_mb']}) within "
+                f"{start_timeout_s:.0f} s; the cluster offers {ray.cluster_resources()}. Lower "
+                f"hosts.actors, hosts.num_cpus or hosts.memory_mb.") from None
         log(f"{size} participant hosts started: " + ", ".join(
             f"#{i['index']} node {i['node_id'][:8]} process {i['pid']} {i['device']}" for i in self.info))
         self.used_nodes: set[str] = set()

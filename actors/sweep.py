@@ -45,7 +45,7 @@ def _trial(config: dict, runs: dict, cache_dir: str, sweep_dir: str, cluster_gpu
         else:
             folder = RunFolder.create(run_dir, spec["scenario"])
         placement = TrialPlacement(ray.util.get_current_placement_group(), cluster_gpus)
-        summary = run_on_ray(spec["scenario"], cache_dir, str(run_dir), spec["action"] == "resume", placement)
+        summary = run_on_ray(spec["scenario"], cache_dir, folder, spec["action"] == "resume", placement)
         outcome = {"status": "completed",
                    "accuracy": {m: s["accuracy_mean"] for m, s in summary["methods"].items()}}
     except Exception as err:  # the sweep goes on; the run folder and sweep.json say why

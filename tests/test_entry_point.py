@@ -91,3 +91,23 @@ def test_progress_lines_show_elapsed_time_and_an_estimate_per_method():
     assert lines[1].endswith("elapsed 30 s, about 1 min 30 s left")
     assert lines[2].endswith("elapsed 1 min 00 s, about 1 min 00 s left")
     assert lines[4].endswith("elapsed 5 s, about 15 s left")
+
+
+def test_the_command_line_imports_the_library_beside_ray_not_before_it():
+    """Guards the quick start's overlap: `python launch.py` starts Ray while a second thread
+    imports the library (actors.cluster.start_while_importing), which only helps while
+    importing launch.py itself loads neither torch nor transformers (seconds each on 2 CPUs).
+    Also that launch.py's stand-in for the data cache's default is the library's."""
+    import subprocess
+    import sys
+
+    from fedgrow_ray.experiment import DEFAULT_CACHE
+
+    code = ("import sys, launch; heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'fedgrow_ray.config') "
+            "if m in sys.modules); print(','.join(heavy)); print(launch.DEFAULT_CACHE)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    heavy, cache = done.stdout.splitlines()
+    assert heavy == "", f"importing launch.py loaded {heavy}"
+    assert cache == str(DEFAULT_CACHE)
+    assert set(launch.LIBRARY) >= {"fedgrow_ray.config", "fedgrow_ray.experiment", "actors.driver"}

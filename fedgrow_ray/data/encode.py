@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from datasets import Dataset
-from datasets import Image as ImageFeature
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -38,6 +36,8 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], max_positions: int) -> 
 
 def encode_images(dataset: Dataset, image_size: int, channels: int, batch_size: int = 512) -> np.ndarray:
     """The `image` column as uint8 (N, channels, image_size, image_size)."""
+    from datasets import Image as ImageFeature
+
     mode = IMAGE_MODES[channels]
     # Decoded images come as PIL; array columns (the synthetic set) are fastest read as numpy.
     rows = dataset if isinstance(dataset.features["image"], ImageFeature) else dataset.with_format("numpy")

@@ -10,15 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv
 import pyarrow.json
 import pyarrow.parquet
-from datasets import ClassLabel, Dataset, Features
-from datasets import Image as ImageFeature
-from datasets.table import InMemoryTable
 
 from .synthetic import synthetic_image, synthetic_text
 
@@ -85,6 +81,8 @@ def load_source(spec: dict, seed: int) -> Raw:
 # ---- named public datasets ------------------------------------------------------------------
 
 def load_hub(name: str) -> Raw:
+    import datasets
+
     """A named public dataset from the Hugging Face cache, downloading it where possible."""
     hub = HUB[name]
     try:
@@ -102,6 +100,8 @@ def load_hub(name: str) -> Raw:
 
 
 def _unavailable_message(name, hub, err):
+    import datasets
+
     """One line: what is missing, where it was looked for, and the two ways to provide it
     (spelled out in this package's docstring, "Datasets offline")."""
     reason = (str(err).splitlines() or [""])[0]
@@ -118,6 +118,8 @@ def _unavailable_message(name, hub, err):
 # ---- local files ----------------------------------------------------------------------------
 
 def load_files(files: dict, num_classes: int | None, seed: int, owner_column: str | None = None) -> Raw:
+    import datasets
+
     """Local files in a checked `files` spec; without a test file, a seeded share of the train
     file becomes the test set. With `owner_column` (data.partition scheme natural), the training
     set keeps that column as `participant`."""
@@ -165,6 +167,9 @@ def files_family(files: dict) -> str:
 
 
 def _read_table(path, file_format, key) -> Dataset:
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
     path = _existing(path, key)
     if path.stat().st_size == 0:
         raise ValueError(f"{key}: {path} is empty")
@@ -180,6 +185,8 @@ def _read_table(path, file_format, key) -> Dataset:
 
 
 def _read_image_folder(path, key) -> Dataset:
+    from datasets import Dataset
+
     """A class-per-subfolder tree: root/<class name>/<image>; labels are folder names."""
     root = _existing(path, key)
     if not root.is_dir():
@@ -212,6 +219,11 @@ def _normalise(train, test, input_column, label_column, family, names, num_class
                train_where, test_where) -> Raw:
     """Keep the input and label columns, renamed to text|image and label; labels to 0..K-1.
     `owner` is the spec key that errors name (data.files or data.source)."""
+    import datasets
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+    from datasets.table import InMemoryTable
+
     for dataset, where in ((train, train_where), (test, test_where)):
         for key, name in ((f"{family}_column", input_column), ("label_column", label_column)):
             if name not in dataset.column_names:

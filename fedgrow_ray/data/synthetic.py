@@ -14,7 +14,6 @@ Both flip a few per cent of the labels, in train and test alike.
 from __future__ import annotations
 
 import numpy as np
-from datasets import Array3D, ClassLabel, Dataset, Features, Value
 
 IMAGE_SIZE = 32
 PIXEL_NOISE = 28  # standard deviation, on 0..255
@@ -46,6 +45,8 @@ MAX_IMAGE_CLASSES = len(SHAPES)
 
 def synthetic_text(num_classes=4, train_size=4000, test_size=1000, seed=0, label_noise=0.05):
     """(train, test, class_names): `datasets.Dataset`s with columns text and label."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
     rng = np.random.default_rng([seed, 101])
     k = num_classes
     groups = [k * TOPIC_WORDS, k * CONFUSER_WORDS, FILLER_WORDS]
@@ -79,6 +80,8 @@ def synthetic_text(num_classes=4, train_size=4000, test_size=1000, seed=0, label
 
 def synthetic_image(num_classes=4, train_size=4000, test_size=1000, seed=0, label_noise=0.05):
     """(train, test, class_names): `datasets.Dataset`s with columns image (32x32x3 uint8) and label."""
+    from datasets import Array3D, ClassLabel, Dataset, Features
+
     if num_classes > MAX_IMAGE_CLASSES:
         raise ValueError(f"synthetic_image has at most {MAX_IMAGE_CLASSES} classes, got {num_classes}")
     rng = np.random.default_rng([seed, 202])

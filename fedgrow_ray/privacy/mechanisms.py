@@ -24,7 +24,8 @@ import torch
 from ..training import derive_seed
 from . import dp as dpf
 from . import secure_aggregation as sa
-from .accountant import central_epsilon, local_epsilon, noise_for_epsilon
+
+# .accountant (dp-accounting, with scipy: half a second) is imported by the runs that use DP only.
 
 MASKED_DTYPE = torch.int64  # ring elements travel as int64 tensors (counted at 4 bytes each)
 
@@ -41,6 +42,8 @@ def expected_count(scenario: dict) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _calibrated(target: float, delta: float, rounds: int, population: int, sample: int, local: bool) -> float:
+    from .accountant import noise_for_epsilon
+
     return noise_for_epsilon(target, delta, rounds, population, sample, local)
 
 
@@ -184,6 +187,8 @@ class ServerPrivacy:
         states, or with local noise the worst participant's guarantee against the server."""
         if self.dp is None:
             return None
+        from .accountant import central_epsilon, local_epsilon
+
         if self.dp["noise"] == "local":
             return local_epsilon(max(self.taken_part.values(), default=0), self.sigma, self.dp["delta"])
         return central_epsilon(self.history, self.scenario["participants"], self.dp["delta"])
