@@ -139,3 +139,42 @@ def test_runs_in_which_participants_failed_are_named(tmp_path):
     flagged = results_section({"toy": document})
     assert "In 1 of these runs participants failed (paper/seed-0: 2;" in flagged
     assert "paper/seed-0 (2)" in sweep_markdown(document)
+
+
+def _split(document: dict, settings: set, folder: str, command: str) -> dict:
+    """The part of a sweep document with only `settings`, as if swept on its own."""
+    part = {**document, "folder": folder, "command": command,
+            "settings": [s for s in document["settings"] if s["name"] in settings]}
+    for key in ("results", "paired", "paired_settings"):
+        part[key] = [item for item in document.get(key, []) if item["setting"] in settings]
+    part["runs"] = [r for r in document["runs"] if r["path"].split("/")[0] in settings]
+    return part
+
+
+def test_one_dataset_from_two_sweep_folders_reads_as_one(tmp_path):
+    """Guards the Results made from two sweeps of one dataset (the paper setting, and the equal
+    budgets run later): given as text=A text=B, the section equals the one made from a single
+    sweep of all the settings, except that it names both commands; overlapping settings or two
+    different scenarios are one line and exit 2, never a silent mix."""
+    import json
+
+    from fedgrow_ray.sweeps.claims import combine, load
+
+    whole = {**_document(), "folder": "whole"}
+    first = _split(whole, {"paper", "joint"}, "a", "python launch.py tiny.yaml --variants paper,joint")
+    later = _split(whole, {"equal-bytes", "equal-flops"}, "b", "python launch.py tiny.yaml --variants equal-bytes,equal-flops")
+    together = results_section({"toy": combine([first, later])})
+    alone = results_section({"toy": whole})
+    named = ("Made by `python launch.py tiny.yaml --variants paper,joint` at commit 000000000000 (settings paper, "
+             "joint); and `python launch.py tiny.yaml --variants equal-bytes,equal-flops` at commit 000000000000 "
+             "(settings equal-bytes, equal-flops)")
+    assert named in together
+    assert together.replace(named, "Made by `python launch.py tiny.yaml` at commit 000000000000") == alone
+    for name, doc in (("a", first), ("b", later), ("c", first)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "folder"}))
+    assert load(tmp_path / "a")["folder"] == str(tmp_path / "a")
+    assert main([f"toy={tmp_path / 'a'}", f"toy={tmp_path / 'c'}"]) == 2  # paper twice
+    other = {**later, "scenario": {**later["scenario"], "participants": later["scenario"]["participants"] + 1}}
+    with pytest.raises(ValueError, match="another scenario"):
+        combine([first, other])

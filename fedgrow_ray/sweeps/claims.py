@@ -4,6 +4,10 @@ hand:
 
     python -m fedgrow_ray.sweeps.claims --readme README.md text=DIR image=DIR digits=DIR
 
+A label given more than once (text=DIR text=DIR2) combines sweep folders of the same dataset
+made at different times, e.g. the paper setting and, later, the equal budgets: their settings
+must not overlap, and each folder's command and commit are named.
+
 writes the section between the README's `<!-- results:begin -->` and `<!-- results:end -->`
 lines (or prints it without --readme). Each DIR is a sweep folder (sweep.json) whose settings
 include `paper`; the settings `joint`, `reference-code`, `authors-init`, `equal-bytes` and
@@ -54,6 +58,41 @@ def load(folder: str | Path) -> dict:
     document = json.loads((Path(folder) / "sweep.json").read_text())
     document["folder"] = str(folder)
     return document
+
+
+def combine(documents: list[dict]) -> dict:
+    """Sweep documents of one dataset as one: the settings, results and runs of each (their
+    settings must not overlap, and the scenario they vary must be the same one as _describe
+    reports it); `made_by` keeps each folder's command, commit and settings."""
+    if len(documents) == 1:
+        return documents[0]
+    first, seen = documents[0], {}
+    for doc in documents:
+        if _describe(doc) != _describe(first):
+            raise ValueError(f"{doc['folder']} sweeps another scenario than {first['folder']}: "
+                             f"{_describe(doc)!r} vs {_describe(first)!r}")
+        for name in _settings(doc):
+            if name in seen:
+                raise ValueError(f"setting {name!r} is in both {seen[name]} and {doc['folder']}")
+            seen[name] = doc["folder"]
+    combined = {**first, "seeds": sorted({seed for doc in documents for seed in doc["seeds"]}),
+                "folder": " + ".join(doc["folder"] for doc in documents),
+                "made_by": [{"command": doc["command"], "commit": doc.get("commit"), "dirty": doc.get("dirty"),
+                             "settings": _settings(doc)} for doc in documents]}
+    for key in ("settings", "results", "paired", "paired_settings", "runs"):
+        combined[key] = [item for doc in documents for item in doc.get(key, [])]
+    return combined
+
+
+def _made_by(doc: dict) -> str:
+    """`command` at commit C, for each folder the document was made from."""
+    def one(part: dict) -> str:
+        commit = (part.get("commit") or "unknown")[:12] + (" (with uncommitted changes)" if part.get("dirty") else "")
+        return f"`{part['command']}` at commit {commit}"
+    parts = doc.get("made_by")
+    if not parts:
+        return f"Made by {one(doc)}"
+    return "Made by " + "; and ".join(f"{one(p)} (settings {', '.join(p['settings'])})" for p in parts)
 
 
 def _result(document: dict, setting: str, method: str) -> dict | None:
@@ -214,10 +253,9 @@ def _faults(doc: dict) -> str:
 
 def dataset_section(label: str, doc: dict) -> list[str]:
     seeds = doc["seeds"]
-    commit = (doc.get("commit") or "unknown")[:12] + (" (with uncommitted changes)" if doc.get("dirty") else "")
     lines = [f"### {label}", "",
-             f"{_describe(doc)}. {len(seeds)} seeds ({', '.join(map(str, seeds))}). Made by `{doc['command']}` "
-             f"at commit {commit}; {sum(r.get('status') == 'completed' for r in doc['runs'])} runs, "
+             f"{_describe(doc)}. {len(seeds)} seeds ({', '.join(map(str, seeds))}). {_made_by(doc)}; "
+             f"{sum(r.get('status') == 'completed' for r in doc['runs'])} runs, "
              f"{_wall(doc)} on this project's 2-CPU machine." + _faults(doc), "",
              "**The paper's protocol, every method, the same rounds:**", ""]
     lines += _setting_table(doc, PAPER) + [""]
@@ -296,12 +334,13 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", help="replace the section between the markers of this file")
     args = parser.parse_args(argv)
     try:
-        sweeps = {}
+        folders: dict[str, list[dict]] = {}
         for item in args.sweeps:
             label, _, folder = item.partition("=")
             if not folder:
                 raise ValueError(f"{item!r}: expected LABEL=DIR")
-            sweeps[label] = load(folder)
+            folders.setdefault(label, []).append(load(folder))
+        sweeps = {label: combine(documents) for label, documents in folders.items()}
         section = results_section(sweeps)
         if args.readme:
             update_readme(Path(args.readme), section)
