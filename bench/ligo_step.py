@@ -6,6 +6,8 @@ text with batch 32 x 128 tokens (BERT vocabulary 30522), image with batch 32 of 
 step updates Local-LiGO and Global-LiGO through the grown model (torch.func.functional_call).
 
     python bench/ligo_step.py [--steps 7] [--threads N]
+    python bench/ligo_step.py --family image --image-size 224 --patch-size 16 --batch 64 --threads 1
+        (the authors' ViT workload of bench/authors_ladder.py, one step of one participant)
 
 Last line: ratio=<the larger of the two families' Dual-LiGO / plain step-time ratios>.
 """
@@ -50,6 +52,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--family", choices=("text", "image"), action="append",
+                        help="only this family (default: both)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--patch-size", type=int, default=4)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,12 +64,13 @@ def main():
     families = {
         "text": (get_family("text", vocab_size=30522, max_positions=128, num_classes=4),
                  {"sequence_length": 128}),
-        "image": (get_family("image", image_size=32, patch_size=4, num_classes=10), {}),
+        "image": (get_family("image", image_size=args.image_size, patch_size=args.patch_size, num_classes=10), {}),
     }
+    families = {name: f for name, f in families.items() if not args.family or name in args.family}
     print(f"threads={torch.get_num_threads()} small={SMALL} intermediate={INTERMEDIATE} target={TARGET}")
     ratios = {}
     for name, (family, batch_options) in families.items():
-        batch = family.example_batch(32, torch.Generator().manual_seed(0), **batch_options)
+        batch = family.example_batch(args.batch, torch.Generator().manual_seed(0), **batch_options)
         target = family.build(TARGET).train()
         dual = DualLiGO(family.build(SMALL), INTERMEDIATE, TARGET, seed=0).train()
         trainable = [p for p in dual.parameters() if p.requires_grad]
