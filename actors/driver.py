@@ -82,7 +82,7 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
     The hosts' reservation is made and removed here, so that it goes even if the driver dies;
     the hosts are started here too, beside the driver, so that their processes start and
     import beside the driver's instead of after it (seconds of a short run's start-up). This
-    process owns them: they end with the reservation, or with it."""
+    process owns them: they end when the reservation is removed, or when this process ends."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
     run_dir = str(folder.path.resolve())
     location = state_location(scenario["hosts"]["state_uri"], run_dir, folder.state_id)
