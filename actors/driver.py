@@ -22,15 +22,20 @@ from fedgrow_ray.rounds import run_in_folder
 from .pool import RayExecutor, start_hosts
 
 
+def hosts_location(scenario: dict, folder: RunFolder) -> str:
+    """Where the run's hosts keep participant state (as run_in_folder computes it)."""
+    return state_location(scenario["hosts"]["state_uri"], folder.path, folder.state_id)
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)
 class DriverActor:
-    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, state_id: str, resume: bool, hosts: list,
-                 location: str):
-        """`hosts`: the participant hosts run_on_ray started for this run, their participant
-        state at `location` (the run folder's, whose state id is `state_id`)."""
-        self.scenario, self.cache_dir, self.resume, self.hosts, self.location = scenario, cache_dir, resume, hosts, location
+    def __init__(self, scenario: dict, cache_dir: str, run_dir: str, state_id: str, resume: bool, hosts: list):
+        """`hosts`: the participant hosts run_on_ray started for this run, keeping participant
+        state under the run folder's state id `state_id`."""
+        self.scenario, self.cache_dir, self.resume, self.hosts = scenario, cache_dir, resume, hosts
         self.folder = RunFolder(run_dir)
         self.folder.state_id = state_id  # a resume reads the same one from the checkpoint
+        self.location = hosts_location(scenario, self.folder)
         self._lock = threading.Lock()
         self._event: dict = {}
         self._events: list[dict] = []    # round ends since the last poll
@@ -85,7 +90,6 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
     process owns them: they end when the reservation is removed, or when this process ends."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
     run_dir = str(folder.path.resolve())
-    location = state_location(scenario["hosts"]["state_uri"], run_dir, folder.state_id)
 
     def note(message: str) -> None:  # in events.log, as the driver's notices are
         folder.log(message)
@@ -94,9 +98,9 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
 
     placement.reserve(scenario, note)
     try:
-        hosts = start_hosts(scenario, cache_dir, location, run_id, placement, note)
+        hosts = start_hosts(scenario, cache_dir, hosts_location(scenario, folder), run_id, placement, note)
         driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
-            scenario, cache_dir, run_dir, folder.state_id, resume, hosts, location)
+            scenario, cache_dir, run_dir, folder.state_id, resume, hosts)
         done = driver.run.remote()
         while True:
             ready, _ = ray.wait([done], timeout=0.5)

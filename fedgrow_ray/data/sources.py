@@ -81,9 +81,9 @@ def load_source(spec: dict, seed: int) -> Raw:
 # ---- named public datasets ------------------------------------------------------------------
 
 def load_hub(name: str) -> Raw:
+    """A named public dataset from the Hugging Face cache, downloading it where possible."""
     import datasets
 
-    """A named public dataset from the Hugging Face cache, downloading it where possible."""
     hub = HUB[name]
     try:
         train, test = (datasets.load_dataset(hub.path, split=split)
@@ -100,10 +100,10 @@ def load_hub(name: str) -> Raw:
 
 
 def _unavailable_message(name, hub, err):
-    import datasets
-
     """One line: what is missing, where it was looked for, and the two ways to provide it
     (spelled out in this package's docstring, "Datasets offline")."""
+    import datasets
+
     reason = (str(err).splitlines() or [""])[0]
     return (f"data.source: dataset {name!r} (Hugging Face {hub.path!r}) is not available offline: it is "
             f"not in the Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and cannot be "
@@ -118,11 +118,11 @@ def _unavailable_message(name, hub, err):
 # ---- local files ----------------------------------------------------------------------------
 
 def load_files(files: dict, num_classes: int | None, seed: int, owner_column: str | None = None) -> Raw:
-    import datasets
-
     """Local files in a checked `files` spec; without a test file, a seeded share of the train
     file becomes the test set. With `owner_column` (data.partition scheme natural), the training
     set keeps that column as `participant`."""
+    import datasets
+
     family = files_family(files)
     input_column = files.get("text_column") or files.get("image_column") or "image"
 
@@ -185,9 +185,9 @@ def _read_table(path, file_format, key) -> Dataset:
 
 
 def _read_image_folder(path, key) -> Dataset:
+    """A class-per-subfolder tree: root/<class name>/<image>; labels are folder names."""
     from datasets import Dataset
 
-    """A class-per-subfolder tree: root/<class name>/<image>; labels are folder names."""
     root = _existing(path, key)
     if not root.is_dir():
         raise ValueError(f"{key}: {root} is not a folder (format imagefolder wants root/<class>/<image>)")
