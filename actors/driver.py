@@ -87,7 +87,9 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
     The hosts' reservation is made and removed here, so that it goes even if the driver dies;
     the hosts are started here too, beside the driver, so that their processes start and
     import beside the driver's instead of after it (seconds of a short run's start-up). This
-    process owns them: they end when the reservation is removed, or when this process ends."""
+    process owns them and the driver, and ends them when it returns or raises (Ctrl-C
+    included): Ray would otherwise try to restart hosts (max_restarts=-1) whose reservation is
+    gone, and they would linger, named, in a long-lived process (a notebook, a sweep's trial)."""
     run_id = uuid.uuid4().hex[:8]  # names the run's actors: fedgrow-driver-<id>, fedgrow-host-<id>-<i>
     run_dir = str(folder.path.resolve())
 
@@ -97,6 +99,7 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
             on_message(message)
 
     placement.reserve(scenario, note)
+    hosts, driver = [], None
     try:
         hosts = start_hosts(scenario, cache_dir, hosts_location(scenario, folder), run_id, placement, note)
         driver = DriverActor.options(name=f"fedgrow-driver-{run_id}", **placement.driver_options()).remote(
@@ -114,6 +117,9 @@ def run_on_ray(scenario: dict, cache_dir: str, folder: RunFolder, resume: bool, 
             if ready:
                 return ray.get(done)
     finally:
+        for actor in [driver, *hosts]:
+            if actor is not None and ray.is_initialized():  # a Ctrl-C handler may have shut Ray down
+                ray.kill(actor, no_restart=True)
         placement.release()
 
 

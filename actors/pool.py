@@ -120,6 +120,18 @@ class RayExecutor:
                  f"unanswered work is sent again")
         return self.down.pop(index)["waiting"]
 
+    def _restarted_between_calls(self, index: int, pid: int) -> None:
+        """A host answered from another process than before: it died while it had no call (a
+        ray.kill between rounds, say) and Ray restarted it; no call failed, since the new process
+        loaded its participants' stored state when asked. Counted as a restart all the same."""
+        self.restarts += 1
+        self.log(f"host #{index} was restarted between calls (process {self.info[index]['pid']} -> {pid}); "
+                 f"its participants were loaded from their stored state")
+        try:
+            self.info[index] = ray.get(self.actors[index].info.remote(), timeout=60)
+        except (RayActorError, GetTimeoutError):  # down again: its next call says so
+            self.info[index] = {**self.info[index], "pid": pid}
+
     def _gather(self, calls: list[Call], on_done=None, after_sending=None) -> tuple[list[dict], dict[int, str]]:
         """Send the calls and wait for their answers (lists of per-participant dicts). A call
         whose host died waits until Ray
@@ -202,8 +214,11 @@ class RayExecutor:
                 continue
             results += answer
             self.used_nodes.add(self.info[call.index]["node_id"])
-            if answer:
-                self.last_memory[call.index] = answer[-1].get("host_memory") or self.last_memory[call.index]
+            memory = answer[-1].get("host_memory") if answer else None
+            if memory:
+                if memory["pid"] != self.info[call.index]["pid"]:
+                    self._restarted_between_calls(call.index, memory["pid"])
+                self.last_memory[call.index] = memory
             if on_done:
                 on_done(len(results))
         return results, failures

@@ -33,23 +33,35 @@ from .driver import record_failure, run_on_ray
 from .placement import TrialPlacement, trial_bundles
 
 
+def _stopped(group) -> bool:
+    """Tune stopped this trial (the sweep was interrupted): it removed the trial's placement group
+    under the running run, whose actors then die or cannot be placed."""
+    return group is not None and ray.util.placement_group_table(group).get("state") == "REMOVED"
+
+
 def _trial(config: dict, runs: dict, cache_dir: str, sweep_dir: str, cluster_gpus: float) -> None:
     """One run, in the trial's placement group; reports its outcome once, at the end."""
     spec = runs[config["run"]]
     run_dir = Path(sweep_dir) / spec["path"]
     started, folder = time.time(), None
+    group = ray.util.get_current_placement_group()
     try:
         if spec["action"] == "resume":
             folder = RunFolder.for_resume(run_dir)[0]
             folder.set_status("running")
         else:
             folder = RunFolder.create(run_dir, spec["scenario"])
-        placement = TrialPlacement(ray.util.get_current_placement_group(), cluster_gpus)
-        summary = run_on_ray(spec["scenario"], cache_dir, folder, spec["action"] == "resume", placement)
+        summary = run_on_ray(spec["scenario"], cache_dir, folder, spec["action"] == "resume",
+                             TrialPlacement(group, cluster_gpus))
         outcome = {"status": "completed",
                    "accuracy": {m: s["accuracy_mean"] for m, s in summary["methods"].items()}}
     except Exception as err:  # the sweep goes on; the run folder and sweep.json say why
-        cause = record_failure(folder, err) if folder else f"{type(err).__name__}: {err}"
+        if _stopped(group):  # Ctrl-C: whatever failed, failed because Tune took the resources back
+            cause = "interrupted"
+            if folder:
+                folder.fail(cause)
+        else:
+            cause = record_failure(folder, err) if folder else f"{type(err).__name__}: {err}"
         outcome = {"status": "failed", "error": cause}
     tune.report({**outcome, "started": started, "ended": time.time()})
 

@@ -40,11 +40,15 @@ def wait_for_rows(path: Path, count: int, timeout: float = 300.0) -> None:
     raise TimeoutError(f"{path} did not reach {count} rows")
 
 
-def named_actor(ray, prefix: str, timeout: float = 60.0):
+def actor_names(ray, prefix: str) -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+
+def named_actor(ray, prefix: str, timeout: float = 60.0, other_than=frozenset()):
+    """The actor named `prefix`... that is not one of `other_than` (actors of earlier runs)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith(prefix)]
+        names = actor_names(ray, prefix) - set(other_than)
         if names:
             return ray.get_actor(sorted(names)[-1])
         time.sleep(0.2)
@@ -128,6 +132,55 @@ def _fault_free(cache, tmp_path, scenario):
 KILL_SCENARIO = ("rounds=4", "training.joint_local=true", "model.dropout=0.1")
 
 
+def test_a_run_leaves_no_actor_behind(ray_session, cache, tmp_path):
+    """Guards against hosts outliving their run in a long-lived process (a notebook, a sweep's
+    trial): the process that follows the run owns them, and Ray would try to restart them
+    (max_restarts=-1) into a reservation that is gone."""
+    earlier = actor_names(ray_session, "fedgrow-")
+    simulate(ray_session, tiny("rounds=1"), cache, tmp_path / "run")
+    assert not actor_names(ray_session, "fedgrow-") - earlier  # at once: ended, not ending
+
+
+def test_a_host_restarted_between_calls_is_counted(ray_session, cache, tmp_path):
+    """Guards against a host that died while it had no call (killed between rounds) going
+    uncounted: no call fails, the restarted process answers the next one, and only its process
+    id tells. Its participant comes back from the stored state of round 1."""
+    from actors.driver import hosts_location
+    from actors.placement import ClusterPlacement
+    from actors.pool import RayExecutor, start_hosts
+
+    scenario = tiny("methods=[local_small]")
+    folder = RunFolder.create(tmp_path / "run", scenario)
+    prepare_scenario_data(scenario, cache)
+    placement, log = ClusterPlacement.here(), []
+    placement.reserve(scenario, log.append)
+    try:
+        hosts = start_hosts(scenario, cache, hosts_location(scenario, folder), "between", placement, log.append)
+        executor = RayExecutor(scenario, hosts, log.append)
+        first, failures = executor.train("local_small", 1, [0], None)
+        assert not failures and executor.restarts == 0
+        before = executor.info[0]["pid"]
+        ray_session.kill(hosts[0], no_restart=False)
+        end = time.monotonic() + 120
+        while True:  # back, in a new process, before the next call
+            try:
+                if ray_session.get(hosts[0].info.remote(), timeout=5)["pid"] != before:
+                    break
+            except (ray_session.exceptions.RayActorError, ray_session.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < end
+            time.sleep(0.2)
+        expected = {0: (first[0]["version"], first[0]["version"])}
+        second, failures = executor.train("local_small", 2, [0], None, expected=expected)
+        assert not failures and executor.restarts == 1 and executor.info[0]["pid"] != before
+        assert second[0]["state"] == "restored"
+        assert any(f"host #0 was restarted between calls (process {before} -> " in line for line in log)
+    finally:
+        for host in hosts:
+            ray_session.kill(host, no_restart=True)
+        placement.release()
+
+
 def test_a_killed_participant_actor_is_restarted_and_its_participants_return(ray_session, cache, tmp_path):
     """Host 0 killed (faults.kill_host) in rounds 2 and 3: its lost work is re-run on the restarted
     host from the participants' stored state, so the run equals the fault-free one. Checked by
@@ -149,14 +202,16 @@ def test_a_killed_participant_actor_is_restarted_and_its_participants_return(ray
 
 @pytest.mark.slow  # about 45 s
 def test_ray_kill_of_a_participant_actor_from_outside(ray_session, cache, tmp_path):
-    """ray.kill of a host from outside the run, while it works: the run completes and equals the
-    fault-free run. Checked by breaking it on purpose: with a restarted host starting its
+    """ray.kill of one of this run's hosts from outside the run, as round 2 starts (while it works,
+    or between its calls: both happen): the run completes, equals the fault-free run and counts
+    one restart. Checked by breaking it on purpose: with a restarted host starting its
     participants from scratch, the rows after the kill differ and this test fails."""
     scenario = tiny(*KILL_SCENARIO)
     folder = RunFolder.create(tmp_path / "run", scenario)
+    earlier = actor_names(ray_session, "fedgrow-host-")
     thread, outcome = run_in_thread(ray_session, scenario, cache, folder)
     wait_for_rows(folder.path / "metrics.jsonl", 1)
-    ray_session.kill(named_actor(ray_session, "fedgrow-host-"), no_restart=False)
+    ray_session.kill(named_actor(ray_session, "fedgrow-host-", other_than=earlier), no_restart=False)
     thread.join(300)
     assert "summary" in outcome, outcome
     reference, reference_rows = _fault_free(cache, tmp_path, scenario)

@@ -324,9 +324,12 @@ def test_an_interrupted_sweep_continues_and_reuses_what_completed(ray_session, c
     reuses the completed run (its files untouched), resumes the failed one from its checkpoint
     and starts the one that was interrupted before its first checkpoint."""
     out = tmp_path / "sweep"
-    # One host of two CPUs per run: the runs go one after another.
-    args = [scenario_file(tmp_path), "--seeds", "3", "--set", "rounds=4", "--set", "hosts.actors=1",
-            "--set", "hosts.num_cpus=2",
+    # One host of two CPUs per run: the runs go one after another. Each participant sleeps its
+    # simulated time, about 13 s a round on devices 500 times slower than the default: Tune
+    # stops a trial up to ~10 s after a Ctrl-C (it waits 5 s for the trial to stop itself), and
+    # seed 2 must still be in its first round then.
+    args = [scenario_file(tmp_path), "--seeds", "3", "--set", "rounds=2", "--set", "hosts.actors=1",
+            "--set", "hosts.num_cpus=2", "--set", "hosts.sleep=true", "--set", "devices.reference_gflops=0.1",
             "--out", str(out), "--cache", cache]
     runs = [out / "default" / f"seed-{s}" for s in range(3)]
 
