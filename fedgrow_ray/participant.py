@@ -449,9 +449,9 @@ class ParticipantHost:
         return UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
 
     def memory(self) -> dict:
-        """What this host really uses (Ray's resource fractions are only logical), and the
-        process measured: resident memory; on a GPU, the peak allocated during the last participant's work and what the
-        process still holds on the GPU after it."""
+        """What this host really uses (Ray's resource fractions are only logical): its process
+        id (a restarted host answers from a new one), resident memory; on a GPU, the peak
+        allocated during the last participant's work and what the process still holds after it."""
         memory = {"pid": os.getpid(), "rss_mb": psutil.Process().memory_info().rss / 2**20,
                   "gpu_mb": 0.0, "gpu_held_mb": 0.0}
         if self.device.type == "cuda":
