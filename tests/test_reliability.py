@@ -152,7 +152,7 @@ def test_a_host_restarted_between_calls_is_counted(ray_session, cache, tmp_path)
     scenario = tiny("methods=[local_small]")
     folder = RunFolder.create(tmp_path / "run", scenario)
     prepare_scenario_data(scenario, cache)
-    placement, log = ClusterPlacement.here(), []
+    placement, log, hosts = ClusterPlacement.here(), [], []
     placement.reserve(scenario, log.append)
     try:
         hosts = start_hosts(scenario, cache, hosts_location(scenario, folder), "between", placement, log.append)
