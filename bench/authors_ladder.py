@@ -9,6 +9,10 @@ between the processes that share them, sampled every second; bench/overhead.py),
 each participant uploads per round (rounds 2..: Global-LiGO only).
 
     python bench/authors_ladder.py [--participants 4 8] [--precisions fp32 bf16] [--rounds 3]
+                                   [--set KEY=VALUE ...]
+
+`--set` changes the scenario as launch.py's does (e.g. `training.micro_batch_size=16`: the same
+batches and steps, run in slices whose gradients are accumulated).
 
 Last line: round_s=<4 participants, the faster precision> peak_gib=<that run's peak>.
 """
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 HERE = Path(__file__).resolve().parent
 
 
-def measure(participants: int, precision: str, rounds: int, cache: str) -> dict:
+def measure(participants: int, precision: str, rounds: int, cache: str, overrides: list[str]) -> dict:
     """One run in this process (the --one mode)."""
     from fedgrow_ray.config import load_scenario
     from fedgrow_ray.experiment import prepare_scenario_data
@@ -36,7 +40,7 @@ def measure(participants: int, precision: str, rounds: int, cache: str) -> dict:
 
     scenario = load_scenario(HERE / "authors_ladder.yaml", [
         f"participants={participants}", f"data.train_size={128 * participants}",
-        f"data.test_size={200 * participants}", f"training.precision={precision}", f"rounds={rounds}"])
+        f"data.test_size={200 * participants}", f"training.precision={precision}", f"rounds={rounds}", *overrides])
     prepare_scenario_data(scenario, cache)
     folder, peak = simulate_on_local_ray(scenario, cache, Path(cache) / f"run-{participants}-{precision}")
     rows = [r for r in folder.metrics() if r["round"] >= 2]
@@ -51,13 +55,15 @@ def main():
     parser.add_argument("--participants", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a scenario override, as launch.py's --set (repeatable)")
     parser.add_argument("--one", nargs=3, metavar=("PARTICIPANTS", "PRECISION", "CACHE"),
                         help=argparse.SUPPRESS)  # internal: one run, printed as JSON
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (round 1 does the setup and is left out)")
     if args.one:
-        print(json.dumps(measure(int(args.one[0]), args.one[1], args.rounds, args.one[2])))
+        print(json.dumps(measure(int(args.one[0]), args.one[1], args.rounds, args.one[2], args.set)))
         return
     cache = tempfile.mkdtemp(prefix="fedgrow-ladder-")
     print(f"{'participants':>12} {'precision':>9} {'round s':>8} {'peak GiB':>8} {'upload MB/participant/round':>27} "
@@ -66,7 +72,7 @@ def main():
     for participants in args.participants:
         for precision in args.precisions:
             run = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--one",
-                                  str(participants), precision, cache],
+                                  str(participants), precision, cache] + [a for o in args.set for a in ("--set", o)],
                                  stdout=subprocess.PIPE, text=True, check=True)
             r = json.loads(run.stdout.strip().splitlines()[-1])
             results.append(r)

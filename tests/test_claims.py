@@ -178,3 +178,38 @@ def test_one_dataset_from_two_sweep_folders_reads_as_one(tmp_path):
     other = {**later, "scenario": {**later["scenario"], "participants": later["scenario"]["participants"] + 1}}
     with pytest.raises(ValueError, match="another scenario"):
         combine([first, other])
+
+
+def test_a_setting_swept_without_the_paper_setting_is_not_paired_with_it():
+    """Guards the protocol table's `setting - paper` columns: a sweep pairs each setting with its
+    own first setting, so a sweep of `joint` alone (first: joint) or of joint beside another
+    setting must not show that difference as `joint - paper`; the same settings swept beside
+    paper do show it."""
+    from fedgrow_ray.sweeps.claims import combine
+
+    runs = []
+    for seed in range(3):
+        runs.append({"setting": "paper", "seed": seed, "summary": {"methods": {
+            "fedgrow": _method({"0": 0.7, "1": 0.6}, 200, 100, 0.05),
+            "independent_growth": _method({"0": 0.7, "1": 0.6}, 200, 0, 0.05)}}})
+        for setting, accuracy in (("joint", 0.5), ("authors-init", 0.3 + 0.01 * seed)):
+            runs.append({"setting": setting, "seed": seed, "summary": {"methods": {
+                "fedgrow": _method({"0": accuracy, "1": accuracy}, 250, 100, 0.05),
+                "independent_growth": _method({"0": accuracy, "1": accuracy}, 250, 0, 0.05)}}})
+    whole = _document()
+    base = {k: v for k, v in whole.items() if k not in ("results", "paired", "paired_settings")}
+    settings = [{"name": "paper", "values": {}}, {"name": "joint", "values": {"training.joint_local": True}},
+                {"name": "authors-init", "values": {"ligo.init": "authors"}}]
+
+    def sweep(names, folder):
+        part = [r for r in runs if r["setting"] in names]
+        return {**base, "folder": folder, "settings": [s for s in settings if s["name"] in names],
+                "runs": [{"path": f"{r['setting']}/seed-{r['seed']}", "status": "completed", "started": 0.0,
+                          "ended": 60.0} for r in part], **summarise(part, names)}
+
+    apart = results_section({"toy": combine([sweep(["paper"], "a"), sweep(["joint", "authors-init"], "b")])})
+    row = next(line for line in apart.splitlines() if line.startswith("| authors-init |"))
+    assert row.endswith("| not paired (swept apart) | not paired (swept apart) |")
+    together = results_section({"toy": sweep(["paper", "joint", "authors-init"], "c")})
+    row = next(line for line in together.splitlines() if line.startswith("| authors-init |"))
+    assert "-0.340 [" in row and "not paired" not in row  # 0.31 - 0.65 (mean of 0.7, 0.6)

@@ -104,8 +104,12 @@ def _paired(document: dict, setting: str, baseline: str) -> dict | None:
 
 
 def _paired_setting(document: dict, setting: str, method: str) -> dict | None:
+    """`method` in `setting` minus the same method in the paper setting, paired by seed and
+    participant: only from a sweep that ran both (a sweep pairs each setting with its first one,
+    which in a sweep made without `paper` is another setting); None otherwise."""
     return next((p for p in document.get("paired_settings", [])
-                 if p["setting"] == setting and p["method"] == method), None)
+                 if p["setting"] == setting and p["method"] == method
+                 and p.get("reference_setting") == PAPER), None)
 
 
 def _settings(document: dict) -> list[str]:
@@ -220,9 +224,16 @@ def _variants_table(doc: dict) -> list[str]:
                      f"| {_interval(grow['accuracy_mean'], grow['accuracy_ci95'])} "
                      f"| {_interval(alone['accuracy_mean'], alone['accuracy_ci95'])} "
                      f"| {_difference(_paired(doc, setting, 'independent_growth'))} "
-                     f"| {_difference(_paired_setting(doc, setting, 'fedgrow')) if setting != PAPER else '–'} "
-                     f"| {_difference(_paired_setting(doc, setting, 'independent_growth')) if setting != PAPER else '–'} |")
+                     f"| {_against_paper(doc, setting, 'fedgrow')} "
+                     f"| {_against_paper(doc, setting, 'independent_growth')} |")
     return lines
+
+
+def _against_paper(doc: dict, setting: str, method: str) -> str:
+    if setting == PAPER:
+        return "–"
+    entry = _paired_setting(doc, setting, method)
+    return _difference(entry) if entry else "not paired (swept apart)"
 
 
 def _budget_table(doc: dict, setting: str) -> list[str]:
@@ -262,7 +273,9 @@ def dataset_section(label: str, doc: dict) -> list[str]:
     if any(r["setting"] != PAPER and not r["setting"].startswith("equal-") for r in doc["results"]):
         lines += ["**Protocols and initialisations** (fedgrow and its no-federation twin; `joint`: "
                   "Local-LiGO trained in the rounds, this project's option; `reference-code`: the authors' "
-                  "code's protocol; `authors-init`: xavier width and uniform depth initialisation):", ""]
+                  "code's protocol; `authors-init`: xavier width and uniform depth initialisation; "
+                  "`setting - paper` is paired only where a sweep ran the setting beside the paper "
+                  "setting, and says `not paired (swept apart)` where they were swept separately):", ""]
         lines += _variants_table(doc) + [""]
     for setting, title in (("equal-bytes", "Equal communication"), ("equal-flops", "Equal compute")):
         if _result(doc, setting, "fedgrow"):
