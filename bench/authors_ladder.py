@@ -62,6 +62,13 @@ def main():
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (round 1 does the setup and is left out)")
+    if not args.one:  # a bad --set is one line, before any run starts
+        from fedgrow_ray.config import ScenarioError, load_scenario
+
+        try:
+            load_scenario(HERE / "authors_ladder.yaml", args.set)
+        except ScenarioError as err:
+            parser.error(str(err))
     if args.one:
         print(json.dumps(measure(int(args.one[0]), args.one[1], args.rounds, args.one[2], args.set)))
         return
