@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,10 @@ from .training import Cancelled, batch_stream, derive_seed, make_optimiser, pred
 # `expected` version of a participant the caller does not know (a host used on its own, as in
 # tests and benchmarks): whatever the host holds.
 UNKNOWN = "?"
+
+# Every Participant object alive in this process: what `ParticipantHost.alive()` counts, so that a
+# host that drops a participant from its resident set but keeps it (or it stays reachable) shows.
+_ALIVE: weakref.WeakSet = weakref.WeakSet()
 
 
 def state_location(state_uri: str | None, run_dir: str | Path, state_id: str) -> str:
@@ -92,6 +97,7 @@ class Participant:
         self._small_model = None
         self.version: str | None = None  # the work its state is the result of (None: none yet)
         self.should_stop = lambda: False  # asked between training steps (see training.Cancelled)
+        _ALIVE.add(self)
 
     def generator(self, *purpose) -> torch.Generator:
         """This participant's own random stream for one purpose (and round)."""
@@ -413,6 +419,7 @@ class ParticipantHost:
             results.append({"id": pid, "update": update, "samples": participant.num_samples(),
                             "train_loss": loss, "wall_s": time.perf_counter() - start,
                             "host_memory": self.memory(), "resident": len(self.participants),
+                            "alive": self.alive(),
                             "version": version, **origin,
                             **{key: self.stats[key] - before[key] for key in ("spilled", "reloaded")}})
         return results
@@ -447,6 +454,11 @@ class ParticipantHost:
     def screen(self, method_name: str) -> UpdateScreen:
         """What this host does to a method's updates before summing them (fedgrow_ray.reduction)."""
         return UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
+
+    def alive(self) -> int:
+        """How many of this experiment's participants are in this process's memory: its resident
+        ones, unless something still holds one it evicted (the count spilling must keep)."""
+        return sum(1 for p in list(_ALIVE) if p.experiment is self.experiment)
 
     def memory(self) -> dict:
         """What this host really uses (Ray's resource fractions are only logical): its process

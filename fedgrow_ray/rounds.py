@@ -526,6 +526,7 @@ class MethodRun:
             row["host_gpu_mb_max"] = max(h["gpu_mb"] for h in hosts)
             row["host_gpu_held_mb_max"] = max(h["gpu_held_mb"] for h in hosts)
             row["resident_max"] = max(r["resident"] for r in results)
+            row["alive_max"] = max(r["alive"] for r in results)
             row["spilled"] = sum(r["spilled"] for r in results)
             row["reloaded"] = sum(r["reloaded"] for r in results)
         evaluate = final or round_number % self.scenario["eval"]["every"] == 0

@@ -69,7 +69,7 @@ def tiny(*overrides):
 
 # Row keys that measure the run or depend on how participants were hosted, not results.
 MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_max", "resident_max",
-            "spilled", "reloaded", "restarts", "driver_bytes_in"}
+            "alive_max", "spilled", "reloaded", "restarts", "driver_bytes_in"}
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import TINY, kill_all
+from conftest import MEASURED, TINY, kill_all
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent))
@@ -245,10 +245,6 @@ def _fault_free(tmp_path, spec):
     summary = run_experiment(Experiment(scenario, data), LocalExecutor(scenario, str(data)), rows.append,
                              lambda message: None)
     return summary, json.loads(json.dumps(rows))
-
-
-MEASURED = {"wall_s", "host_rss_mb_max", "host_gpu_mb_max", "host_gpu_held_mb_max", "resident_max",
-            "spilled", "reloaded", "restarts", "driver_bytes_in"}
 
 
 @pytest.mark.slow

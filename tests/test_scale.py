@@ -123,18 +123,18 @@ def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_sessio
     kept_summary, kept_metrics, _ = simulate(ray_session, kept, cache, tmp_path / "kept")
     assert kept_summary["global_ligo_sha256"] == summary["global_ligo_sha256"]  # spilling is exact
     # Memory follows the hosts: once they are full (round 2), rounds 3-5 spill and reload about a
-    # hundred more participants, which the other run keeps. Growth over those rounds, measured
-    # beside that control, since a participant costs a fraction of a MiB and a bound of its own
-    # would sit in the allocator's noise. Measured on this machine: spilling +1.3 to +2.6 MiB,
-    # keeping all +59 MiB, and a host that leaks what it spills (the sabotage above) +10.7 MiB:
-    # a leaked participant costs less than a resident one (its workspace goes), hence 0.1.
-    rss = [r["host_rss_mb_max"] for r in metrics]
-    kept_rss = [r["host_rss_mb_max"] for r in kept_metrics]
+    # hundred more participants, which the other run keeps. Counted exactly: the participant
+    # objects alive in each host process (a weak registry) are the ones it keeps, never more.
+    # Host RSS is printed, not bounded: a participant costs a fraction of a MiB, and the
+    # allocator's noise over these rounds (measured: spilling +1.3 to +7.9 MiB beside +58 MiB
+    # keeping all) is as large as a host that leaks every participant it spills (+10.7 MiB).
     resident = [r["resident_max"] for r in metrics]
     assert resident[0] < resident[1] == limit < kept_metrics[-1]["resident_max"]
-    grew, kept_grew = rss[-1] - rss[1], kept_rss[-1] - kept_rss[1]
+    assert [r["alive_max"] for r in metrics] == resident
+    assert [r["alive_max"] for r in kept_metrics] == [r["resident_max"] for r in kept_metrics]
+    rss = [round(r["host_rss_mb_max"], 1) for r in metrics]
+    kept_rss = [round(r["host_rss_mb_max"], 1) for r in kept_metrics]
     print(f"host RSS by round: spilling {rss} MiB, keeping all {kept_rss} MiB")
-    assert grew < 0.1 * kept_grew, (rss, kept_rss, resident)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
