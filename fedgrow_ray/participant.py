@@ -56,10 +56,6 @@ from .training import Cancelled, batch_stream, derive_seed, make_optimiser, pred
 # tests and benchmarks): whatever the host holds.
 UNKNOWN = "?"
 
-# Every Participant object alive in this process: what `ParticipantHost.alive()` counts, so that a
-# host that drops a participant from its resident set but keeps it (or it stays reachable) shows.
-_ALIVE: weakref.WeakSet = weakref.WeakSet()
-
 
 def state_location(state_uri: str | None, run_dir: str | Path, state_id: str) -> str:
     """Where a run's participant state lives: by default the run folder's participant_state/
@@ -97,7 +93,6 @@ class Participant:
         self._small_model = None
         self.version: str | None = None  # the work its state is the result of (None: none yet)
         self.should_stop = lambda: False  # asked between training steps (see training.Cancelled)
-        _ALIVE.add(self)
 
     def generator(self, *purpose) -> torch.Generator:
         """This participant's own random stream for one purpose (and round)."""
@@ -286,6 +281,8 @@ class ParticipantHost:
         self.privacy = ParticipantPrivacy(scenario)
         self._audit: MembershipAudit | None = None  # privacy.attack, built on first use
         self.stats = {"spilled": 0, "reloaded": 0, "restored": 0, "lost": 0}
+        # Every participant this host built, as long as anything holds it (see `alive`).
+        self._created: weakref.WeakSet[Participant] = weakref.WeakSet()
         # Screened, accepted updates kept for the driver's partial_sum: {(method, round): {pid: (update, samples)}}
         self.held_updates: dict[tuple[str, int], dict[int, tuple[dict, int]]] = {}
 
@@ -306,6 +303,7 @@ class ParticipantHost:
         if expected == UNKNOWN:
             expected = self.evicted.get(pid)
         participant = Participant(self.experiment, pid, "cpu")  # moved to the host's device to work
+        self._created.add(participant)
         participant.should_stop = self.should_stop
         origin, saved = {"state": "new"}, None
         if expected is None:
@@ -456,9 +454,10 @@ class ParticipantHost:
         return UpdateScreen(self.experiment.scenario, self.experiment.seed, self.method(method_name))
 
     def alive(self) -> int:
-        """How many of this experiment's participants are in this process's memory: its resident
-        ones, unless something still holds one it evicted (the count spilling must keep)."""
-        return sum(1 for p in list(_ALIVE) if p.experiment is self.experiment)
+        """How many participants this host built are still in memory: its resident ones, unless
+        something still holds one it evicted (the count spilling must keep). A weak set, so the
+        count costs nothing per participant and keeps none alive."""
+        return len(self._created)
 
     def memory(self) -> dict:
         """What this host really uses (Ray's resource fractions are only logical): its process
