@@ -123,8 +123,8 @@ def test_stress_scenario_memory_follows_the_pool_not_the_participants(ray_sessio
     kept_summary, kept_metrics, _ = simulate(ray_session, kept, cache, tmp_path / "kept")
     assert kept_summary["global_ligo_sha256"] == summary["global_ligo_sha256"]  # spilling is exact
     # Memory follows the hosts: once they are full (round 2), rounds 3-5 spill and reload about a
-    # hundred more participants, which the other run keeps. Counted exactly: the participant
-    # objects alive in each host process (a weak registry) are the ones it keeps, never more.
+    # hundred more participants, which the other run keeps. Counted exactly: the participants a
+    # host built that are still alive (its weak set: `alive_max`) are the ones it keeps, never more.
     # Host RSS is printed, not bounded: a participant costs a fraction of a MiB, and the
     # allocator's noise over these rounds (measured: spilling +1.3 to +7.9 MiB beside +58 MiB
     # keeping all) is as large as a host that leaks every participant it spills (+10.7 MiB).
