@@ -103,15 +103,6 @@ def _paired(document: dict, setting: str, baseline: str) -> dict | None:
     return next((p for p in document["paired"] if p["setting"] == setting and p["baseline"] == baseline), None)
 
 
-def _paired_setting(document: dict, setting: str, method: str) -> dict | None:
-    """`method` in `setting` minus the same method in the paper setting, paired by seed and
-    participant: only from a sweep that ran both (a sweep pairs each setting with its first one,
-    which in a sweep made without `paper` is another setting); None otherwise."""
-    return next((p for p in document.get("paired_settings", [])
-                 if p["setting"] == setting and p["method"] == method
-                 and p.get("reference_setting") == PAPER), None)
-
-
 def _settings(document: dict) -> list[str]:
     return [s["name"] for s in document["settings"]]
 
@@ -230,9 +221,13 @@ def _variants_table(doc: dict) -> list[str]:
 
 
 def _against_paper(doc: dict, setting: str, method: str) -> str:
+    """`method` in `setting` minus the same method in the paper setting, paired by seed and
+    participant: only from a sweep that ran both (a sweep pairs each setting with its first one,
+    which in a sweep made without `paper` is another setting)."""
     if setting == PAPER:
         return "–"
-    entry = _paired_setting(doc, setting, method)
+    entry = next((p for p in doc.get("paired_settings", []) if p["setting"] == setting
+                  and p["method"] == method and p.get("reference_setting") == PAPER), None)
     return _difference(entry) if entry else "not paired (swept apart)"
 
 
